@@ -24,4 +24,17 @@ public interface IQuantizer
     /// <summary>Writes the dequantized values of <paramref name="quantized"/> into <paramref name="destination"/>.</summary>
     /// <exception cref="ArgumentException">The destination length differs from the tensor's element count.</exception>
     void Dequantize(QuantizedTensor quantized, Span<float> destination);
+
+    /// <summary>
+    /// Quantizes <paramref name="values"/> and writes the dequantized result into <paramref name="dequantized"/>
+    /// in one call. The default runs <see cref="Quantize"/> then <see cref="Dequantize"/>; built-in quantizers
+    /// fuse both into a single pass over the data.
+    /// </summary>
+    /// <exception cref="ArgumentException">As for <see cref="Quantize"/>, or the destination length differs from the element count.</exception>
+    QuantizedTensor QuantizeDequantize(ReadOnlySpan<float> values, TensorShape shape, Span<float> dequantized)
+    {
+        QuantizedTensor q = Quantize(values, shape);
+        Dequantize(q, dequantized);
+        return q;
+    }
 }
