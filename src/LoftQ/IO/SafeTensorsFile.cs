@@ -248,10 +248,16 @@ public sealed unsafe class SafeTensorsFile : IDisposable
     /// <summary>Parses and validates a header against a data region of <paramref name="dataLength"/> bytes.</summary>
     internal static (List<SafeTensorInfo> Tensors, Dictionary<string, string> Metadata) ParseHeader(string path, ReadOnlyMemory<byte> header, long dataLength)
     {
+        if (!System.Text.Unicode.Utf8.IsValid(header.Span))
+        {
+            throw new SafeTensorsFormatException($"{path}: the header is not valid UTF-8.");
+        }
+
         JsonDocument document;
         try
         {
-            // JsonDocument validates UTF-8 and nesting depth (64) and never allocates more than the input warrants.
+            // UTF-8 was checked above (JsonDocument only checks it lazily, when a string is read); the parser checks the
+            // JSON grammar and nesting depth (64) and never allocates more than the input warrants.
             document = JsonDocument.Parse(header, new JsonDocumentOptions { MaxDepth = 64 });
         }
         catch (JsonException ex)
