@@ -128,7 +128,7 @@ public sealed class SafeTensorsWriter : IDisposable
     /// follow in the same order through <see cref="WriteTensor"/>, <see cref="WriteChunk"/> or <see cref="WriteSingle"/>,
     /// and <see cref="Commit"/> publishes the file.
     /// </summary>
-    /// <exception cref="ArgumentException">A name is duplicated, empty-null or reserved, or a shape is invalid.</exception>
+    /// <exception cref="ArgumentException">A name is null, duplicated or reserved, or a shape is invalid.</exception>
     public static SafeTensorsWriter Create(string path, IReadOnlyList<SafeTensorDescriptor> tensors, IReadOnlyDictionary<string, string>? metadata = null)
     {
         ArgumentException.ThrowIfNullOrEmpty(path);
