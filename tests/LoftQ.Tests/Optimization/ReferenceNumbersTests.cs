@@ -8,6 +8,10 @@ using Xunit.Abstractions;
 namespace LoftQNet.Tests.Optimization;
 
 /// <summary>LoftQ on i.i.d. Gaussian weights against DESIGN §4's reference errors.</summary>
+/// <remarks>
+/// Runtimes measured on the 2-core box with the reference (slow) GEMM and quantizer: 1024² cases 15–22 s each
+/// (mostly the exact solver), 4096² cases 25–35 s each (randomized: NF4 0.08392, NF2 0.50086).
+/// </remarks>
 public class ReferenceNumbersTests
 {
     private readonly ITestOutputHelper _output;
