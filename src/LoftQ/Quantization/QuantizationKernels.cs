@@ -1,0 +1,511 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+
+namespace LoftQNet.Quantization;
+
+/// <summary>
+/// Flat-buffer kernels shared by the built-in quantizers: nearest-level search through precomputed decision
+/// thresholds, and code → value lookup. Each hot kernel has a Vector512, a Vector256 and a scalar form; the
+/// dispatching entry points pick the widest the CPU accelerates, and tests call every form directly.
+/// </summary>
+/// <remarks>
+/// The nearest-level rule is defined by <see cref="NearestScalar"/>: the level with the smallest
+/// <c>|x − level|</c> in float arithmetic, ties to the lower index. For ascending levels the chosen index equals
+/// the number of thresholds t_k with <c>x ≥ t_k</c>, where t_k is the smallest float for which level k+1 is
+/// strictly nearer than level k (found by stepping floats with the same float comparison, so the count agrees
+/// with the distance rule bit for bit, exact midpoints included).
+/// </remarks>
+internal static class QuantizationKernels
+{
+    /// <summary>The largest code book the SIMD permute paths handle (16 levels = 4 bits).</summary>
+    internal const int SmallCodeBook = 16;
+
+    /// <summary>Index of the level nearest to <paramref name="x"/> by float distance; ties go to the lower index.</summary>
+    internal static int NearestScalar(ReadOnlySpan<float> levels, float x)
+    {
+        int best = 0;
+        float bestDistance = Math.Abs(x - levels[0]);
+        for (int i = 1; i < levels.Length; i++)
+        {
+            float d = Math.Abs(x - levels[i]);
+            if (d < bestDistance)
+            {
+                best = i;
+                bestDistance = d;
+            }
+        }
+
+        return best;
+    }
+
+    /// <summary>
+    /// Decision thresholds for strictly ascending <paramref name="levels"/>: t_k is the smallest float x with
+    /// <c>|x − levels[k+1]| &lt; |x − levels[k]|</c>.
+    /// </summary>
+    internal static float[] ComputeThresholds(ReadOnlySpan<float> levels)
+    {
+        var thresholds = new float[levels.Length - 1];
+        for (int k = 0; k < thresholds.Length; k++)
+        {
+            float lo = levels[k];
+            float hi = levels[k + 1];
+            if (!(lo < hi))
+            {
+                throw new ArgumentException($"Levels must be strictly ascending; level {k + 1} ({hi}) is not above level {k} ({lo}).", nameof(levels));
+            }
+
+            float t = (float)((lo + (double)hi) / 2);
+            if (PrefersUpper(t, lo, hi))
+            {
+                while (PrefersUpper(MathF.BitDecrement(t), lo, hi))
+                {
+                    t = MathF.BitDecrement(t);
+                }
+            }
+            else
+            {
+                do
+                {
+                    t = MathF.BitIncrement(t);
+                }
+                while (!PrefersUpper(t, lo, hi));
+            }
+
+            thresholds[k] = t;
+        }
+
+        return thresholds;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static bool PrefersUpper(float x, float lower, float upper) => Math.Abs(x - upper) < Math.Abs(x - lower);
+
+    /// <summary>The code for ratio <paramref name="r"/>: the number of thresholds ≤ r (branch-free binary search; thresholds.Length = 2^b − 1).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static int CodeOf(ref float thresholds, int levelCount, float r)
+    {
+        int index = 0;
+        for (int step = levelCount >> 1; step > 0; step >>= 1)
+        {
+            index += Unsafe.Add(ref thresholds, index + step - 1) <= r ? step : 0;
+        }
+
+        return index;
+    }
+
+    /// <summary>
+    /// Codes of one block: ratio = (x − offset) · inverse, code = number of thresholds ≤ ratio. When
+    /// <paramref name="inverse"/> is infinite (a subnormal scale) the ratio is (x − offset) / scale instead.
+    /// </summary>
+    internal static void Codes(ReadOnlySpan<float> x, float offset, float scale, float inverse, ReadOnlySpan<float> thresholds, Span<byte> codes)
+    {
+        if (float.IsInfinity(inverse))
+        {
+            CodesByDivision(x, offset, scale, thresholds, codes);
+        }
+        else if (thresholds.Length < SmallCodeBook && Vector512.IsHardwareAccelerated && Avx512F.IsSupported)
+        {
+            CodesVector512(x, offset, inverse, thresholds, codes);
+        }
+        else if (thresholds.Length < SmallCodeBook && Vector256.IsHardwareAccelerated)
+        {
+            CodesVector256(x, offset, inverse, thresholds, codes);
+        }
+        else
+        {
+            CodesScalar(x, offset, inverse, thresholds, codes);
+        }
+    }
+
+    /// <summary>Scalar form of <see cref="Codes"/> for a finite inverse.</summary>
+    internal static void CodesScalar(ReadOnlySpan<float> x, float offset, float inverse, ReadOnlySpan<float> thresholds, Span<byte> codes)
+    {
+        ref float t = ref MemoryMarshal.GetReference(thresholds);
+        int levels = thresholds.Length + 1;
+        for (int i = 0; i < x.Length; i++)
+        {
+            codes[i] = (byte)CodeOf(ref t, levels, (x[i] - offset) * inverse);
+        }
+    }
+
+    private static void CodesByDivision(ReadOnlySpan<float> x, float offset, float scale, ReadOnlySpan<float> thresholds, Span<byte> codes)
+    {
+        ref float t = ref MemoryMarshal.GetReference(thresholds);
+        int levels = thresholds.Length + 1;
+        for (int i = 0; i < x.Length; i++)
+        {
+            codes[i] = (byte)CodeOf(ref t, levels, (x[i] - offset) / scale);
+        }
+    }
+
+    /// <summary>Vector512 form (≤ 15 thresholds): per lane, subtract one for every threshold compare that holds.</summary>
+    internal static void CodesVector512(ReadOnlySpan<float> x, float offset, float inverse, ReadOnlySpan<float> thresholds, Span<byte> codes)
+    {
+        int nt = thresholds.Length;
+        Span<Vector512<float>> tv = stackalloc Vector512<float>[SmallCodeBook];
+        for (int k = 0; k < nt; k++)
+        {
+            tv[k] = Vector512.Create(thresholds[k]);
+        }
+
+        ref float src = ref MemoryMarshal.GetReference(x);
+        ref byte dst = ref MemoryMarshal.GetReference(codes);
+        ref Vector512<float> t0 = ref MemoryMarshal.GetReference(tv);
+        var off = Vector512.Create(offset);
+        var inv = Vector512.Create(inverse);
+        int n = x.Length;
+        int i = 0;
+        for (; i <= n - 64; i += 64)
+        {
+            Vector512<float> r0 = (Vector512.LoadUnsafe(ref src, (nuint)i) - off) * inv;
+            Vector512<float> r1 = (Vector512.LoadUnsafe(ref src, (nuint)(i + 16)) - off) * inv;
+            Vector512<float> r2 = (Vector512.LoadUnsafe(ref src, (nuint)(i + 32)) - off) * inv;
+            Vector512<float> r3 = (Vector512.LoadUnsafe(ref src, (nuint)(i + 48)) - off) * inv;
+            Vector512<int> c0 = Vector512<int>.Zero, c1 = c0, c2 = c0, c3 = c0;
+            for (int k = 0; k < nt; k++)
+            {
+                Vector512<float> t = Unsafe.Add(ref t0, k);
+                c0 -= Vector512.GreaterThanOrEqual(r0, t).AsInt32();
+                c1 -= Vector512.GreaterThanOrEqual(r1, t).AsInt32();
+                c2 -= Vector512.GreaterThanOrEqual(r2, t).AsInt32();
+                c3 -= Vector512.GreaterThanOrEqual(r3, t).AsInt32();
+            }
+
+            Avx512F.ConvertToVector128Byte(c0).StoreUnsafe(ref dst, (nuint)i);
+            Avx512F.ConvertToVector128Byte(c1).StoreUnsafe(ref dst, (nuint)(i + 16));
+            Avx512F.ConvertToVector128Byte(c2).StoreUnsafe(ref dst, (nuint)(i + 32));
+            Avx512F.ConvertToVector128Byte(c3).StoreUnsafe(ref dst, (nuint)(i + 48));
+        }
+
+        for (; i <= n - 16; i += 16)
+        {
+            Vector512<float> r0 = (Vector512.LoadUnsafe(ref src, (nuint)i) - off) * inv;
+            Vector512<int> c0 = Vector512<int>.Zero;
+            for (int k = 0; k < nt; k++)
+            {
+                c0 -= Vector512.GreaterThanOrEqual(r0, Unsafe.Add(ref t0, k)).AsInt32();
+            }
+
+            Avx512F.ConvertToVector128Byte(c0).StoreUnsafe(ref dst, (nuint)i);
+        }
+
+        CodesScalar(x[i..], offset, inverse, thresholds, codes[i..]);
+    }
+
+    /// <summary>Vector256 form (≤ 15 thresholds).</summary>
+    internal static void CodesVector256(ReadOnlySpan<float> x, float offset, float inverse, ReadOnlySpan<float> thresholds, Span<byte> codes)
+    {
+        int nt = thresholds.Length;
+        Span<Vector256<float>> tv = stackalloc Vector256<float>[SmallCodeBook];
+        for (int k = 0; k < nt; k++)
+        {
+            tv[k] = Vector256.Create(thresholds[k]);
+        }
+
+        ref float src = ref MemoryMarshal.GetReference(x);
+        ref byte dst = ref MemoryMarshal.GetReference(codes);
+        ref Vector256<float> t0 = ref MemoryMarshal.GetReference(tv);
+        var off = Vector256.Create(offset);
+        var inv = Vector256.Create(inverse);
+        int n = x.Length;
+        int i = 0;
+        for (; i <= n - 32; i += 32)
+        {
+            Vector256<float> r0 = (Vector256.LoadUnsafe(ref src, (nuint)i) - off) * inv;
+            Vector256<float> r1 = (Vector256.LoadUnsafe(ref src, (nuint)(i + 8)) - off) * inv;
+            Vector256<float> r2 = (Vector256.LoadUnsafe(ref src, (nuint)(i + 16)) - off) * inv;
+            Vector256<float> r3 = (Vector256.LoadUnsafe(ref src, (nuint)(i + 24)) - off) * inv;
+            Vector256<int> c0 = Vector256<int>.Zero, c1 = c0, c2 = c0, c3 = c0;
+            for (int k = 0; k < nt; k++)
+            {
+                Vector256<float> t = Unsafe.Add(ref t0, k);
+                c0 -= Vector256.GreaterThanOrEqual(r0, t).AsInt32();
+                c1 -= Vector256.GreaterThanOrEqual(r1, t).AsInt32();
+                c2 -= Vector256.GreaterThanOrEqual(r2, t).AsInt32();
+                c3 -= Vector256.GreaterThanOrEqual(r3, t).AsInt32();
+            }
+
+            Vector256.Narrow(Vector256.Narrow(c0, c1), Vector256.Narrow(c2, c3)).AsByte().StoreUnsafe(ref dst, (nuint)i);
+        }
+
+        CodesScalar(x[i..], offset, inverse, thresholds, codes[i..]);
+    }
+
+    /// <summary>
+    /// Writes <c>levels[code] · scale (+ offset when <paramref name="addOffset"/>)</c> for each code of one block.
+    /// Every code must be below <paramref name="levels"/>.Length (true for unpacked b-bit codes and a 2^b code book).
+    /// </summary>
+    internal static void Lookup(ReadOnlySpan<byte> codes, ReadOnlySpan<float> levels, float scale, float offset, bool addOffset, Span<float> destination)
+    {
+        if (levels.Length <= SmallCodeBook && Vector512.IsHardwareAccelerated && Avx512F.IsSupported)
+        {
+            LookupVector512(codes, levels, scale, offset, addOffset, destination);
+        }
+        else if (levels.Length <= SmallCodeBook && Avx2.IsSupported)
+        {
+            LookupAvx2(codes, levels, scale, offset, addOffset, destination);
+        }
+        else
+        {
+            LookupScalar(codes, levels, scale, offset, addOffset, destination);
+        }
+    }
+
+    /// <summary>Scalar form of <see cref="Lookup"/> (the definition the SIMD forms match bit for bit).</summary>
+    internal static void LookupScalar(ReadOnlySpan<byte> codes, ReadOnlySpan<float> levels, float scale, float offset, bool addOffset, Span<float> destination)
+    {
+        ref float table = ref MemoryMarshal.GetReference(levels);
+        for (int i = 0; i < codes.Length; i++)
+        {
+            float v = Unsafe.Add(ref table, codes[i]) * scale;
+            destination[i] = addOffset ? v + offset : v;
+        }
+    }
+
+    /// <summary>Vector512 form: a 16-entry table scaled once per block, then one permute per 16 codes.</summary>
+    internal static void LookupVector512(ReadOnlySpan<byte> codes, ReadOnlySpan<float> levels, float scale, float offset, bool addOffset, Span<float> destination)
+    {
+        Vector512<float> table = ScaledTable512(levels, scale, offset, addOffset);
+        ref byte src = ref MemoryMarshal.GetReference(codes);
+        ref float dst = ref MemoryMarshal.GetReference(destination);
+        int n = codes.Length;
+        int i = 0;
+        for (; i <= n - 64; i += 64)
+        {
+            Vector512<byte> c = Vector512.LoadUnsafe(ref src, (nuint)i);
+            Avx512F.PermuteVar16x32(table, Avx512F.ConvertToVector512Int32(c.GetLower().GetLower())).StoreUnsafe(ref dst, (nuint)i);
+            Avx512F.PermuteVar16x32(table, Avx512F.ConvertToVector512Int32(c.GetLower().GetUpper())).StoreUnsafe(ref dst, (nuint)(i + 16));
+            Avx512F.PermuteVar16x32(table, Avx512F.ConvertToVector512Int32(c.GetUpper().GetLower())).StoreUnsafe(ref dst, (nuint)(i + 32));
+            Avx512F.PermuteVar16x32(table, Avx512F.ConvertToVector512Int32(c.GetUpper().GetUpper())).StoreUnsafe(ref dst, (nuint)(i + 48));
+        }
+
+        for (; i <= n - 16; i += 16)
+        {
+            Avx512F.PermuteVar16x32(table, Avx512F.ConvertToVector512Int32(Vector128.LoadUnsafe(ref src, (nuint)i))).StoreUnsafe(ref dst, (nuint)i);
+        }
+
+        LookupScalar(codes[i..], levels, scale, offset, addOffset, destination[i..]);
+    }
+
+    /// <summary>AVX2 form: two 8-entry permutes blended on code ≥ 8.</summary>
+    internal static void LookupAvx2(ReadOnlySpan<byte> codes, ReadOnlySpan<float> levels, float scale, float offset, bool addOffset, Span<float> destination)
+    {
+        Span<float> padded = stackalloc float[SmallCodeBook];
+        padded.Clear();
+        levels.CopyTo(padded);
+        var s = Vector256.Create(scale);
+        var o = Vector256.Create(offset);
+        Vector256<float> lo = Vector256.Create(padded[..8]) * s;
+        Vector256<float> hi = Vector256.Create(padded[8..]) * s;
+        if (addOffset)
+        {
+            lo += o;
+            hi += o;
+        }
+
+        ref byte src = ref MemoryMarshal.GetReference(codes);
+        ref float dst = ref MemoryMarshal.GetReference(destination);
+        var seven = Vector256.Create(7);
+        int n = codes.Length;
+        int i = 0;
+        for (; i <= n - 8; i += 8)
+        {
+            Vector256<int> c = Avx2.ConvertToVector256Int32(Vector128.CreateScalarUnsafe(Unsafe.ReadUnaligned<ulong>(ref Unsafe.Add(ref src, i))).AsByte());
+            Vector256<float> a = Avx2.PermuteVar8x32(lo, c);
+            Vector256<float> b = Avx2.PermuteVar8x32(hi, c);
+            Avx.BlendVariable(a, b, Vector256.GreaterThan(c, seven).AsSingle()).StoreUnsafe(ref dst, (nuint)i);
+        }
+
+        LookupScalar(codes[i..], levels, scale, offset, addOffset, destination[i..]);
+    }
+
+    private static Vector512<float> ScaledTable512(ReadOnlySpan<float> levels, float scale, float offset, bool addOffset)
+    {
+        Span<float> padded = stackalloc float[SmallCodeBook];
+        padded.Clear();
+        levels.CopyTo(padded);
+        Vector512<float> table = Vector512.Create((ReadOnlySpan<float>)padded) * Vector512.Create(scale);
+        return addOffset ? table + Vector512.Create(offset) : table;
+    }
+
+    /// <summary>
+    /// Fused AVX-512 kernel over whole blocks (block size a multiple of 16): per block, one pass for the absmax (or
+    /// min/max) with a finiteness check, one pass computing codes (and, when <paramref name="dequantized"/> is not
+    /// empty and the code book has ≤ 16 levels, the dequantized values by a permute of the scaled code book).
+    /// Code books of 32..256 levels use a two-level count: a coarse count over every 16th threshold picks the
+    /// group, then 15 permuted compares count within it. Stops at the first block that needs the careful scalar
+    /// path (a non-finite value, an overflowing range, or a subnormal scale) and returns its index; returns
+    /// <paramref name="blockCount"/> when all blocks were done. Dequantized values of larger code books are left
+    /// to the caller.
+    /// </summary>
+    internal static int QuantizeBlocksVector512(
+        ReadOnlySpan<float> x, int blockSize, int blockCount, bool asymmetric, ReadOnlySpan<float> levels, ReadOnlySpan<float> thresholds,
+        Span<float> scales, Span<float> offsets, Span<byte> codes, Span<float> dequantized)
+    {
+        int nt = thresholds.Length;
+        bool large = nt >= SmallCodeBook;
+        Span<Vector512<float>> tv = stackalloc Vector512<float>[2 * SmallCodeBook];
+        int coarse = 0;
+        if (!large)
+        {
+            for (int k = 0; k < nt; k++)
+            {
+                tv[k] = Vector512.Create(thresholds[k]);
+            }
+        }
+        else
+        {
+            int groups = (nt + 1) / SmallCodeBook;
+            coarse = groups - 1;
+            for (int m = 0; m < coarse; m++)
+            {
+                tv[m] = Vector512.Create(thresholds[(SmallCodeBook * m) + SmallCodeBook - 1]);
+            }
+
+            Span<float> lanes = stackalloc float[SmallCodeBook];
+            for (int j = 0; j < SmallCodeBook - 1; j++)
+            {
+                lanes.Fill(float.PositiveInfinity);
+                for (int h = 0; h < groups; h++)
+                {
+                    lanes[h] = thresholds[(SmallCodeBook * h) + j];
+                }
+
+                tv[SmallCodeBook + j] = Vector512.Create((ReadOnlySpan<float>)lanes);
+            }
+        }
+
+        Vector512<float> levelVector = Vector512<float>.Zero;
+        bool fused = !dequantized.IsEmpty && !large;
+        if (fused)
+        {
+            Span<float> padded = stackalloc float[SmallCodeBook];
+            padded.Clear();
+            levels.CopyTo(padded);
+            levelVector = Vector512.Create((ReadOnlySpan<float>)padded);
+        }
+
+        ref float src = ref MemoryMarshal.GetReference(x);
+        ref byte dst = ref MemoryMarshal.GetReference(codes);
+        ref float deq = ref MemoryMarshal.GetReference(dequantized);
+        ref Vector512<float> t0 = ref MemoryMarshal.GetReference(tv);
+        var maxFinite = Vector512.Create(float.MaxValue);
+        for (int b = 0; b < blockCount; b++)
+        {
+            int start = b * blockSize;
+            int end = start + blockSize;
+            float scale, offset;
+            if (!asymmetric)
+            {
+                Vector512<float> vmax = Vector512<float>.Zero;
+                Vector512<float> ok = Vector512<float>.AllBitsSet;
+                for (int i = start; i < end; i += 16)
+                {
+                    Vector512<float> a = Vector512.Abs(Vector512.LoadUnsafe(ref src, (nuint)i));
+                    vmax = Vector512.MaxNative(vmax, a);
+                    ok &= Vector512.LessThanOrEqual(a, maxFinite);
+                }
+
+                if (!Vector512.EqualsAll(ok.AsInt32(), Vector512<int>.AllBitsSet))
+                {
+                    return b;
+                }
+
+                Vector256<float> m8 = Vector256.MaxNative(vmax.GetLower(), vmax.GetUpper());
+                Vector128<float> m4 = Vector128.MaxNative(m8.GetLower(), m8.GetUpper());
+                scale = Math.Max(Math.Max(m4[0], m4[1]), Math.Max(m4[2], m4[3]));
+                offset = 0f;
+            }
+            else
+            {
+                Vector512<float> vmin = Vector512.Create(float.PositiveInfinity);
+                Vector512<float> vmax = Vector512.Create(float.NegativeInfinity);
+                Vector512<float> ok = Vector512<float>.AllBitsSet;
+                for (int i = start; i < end; i += 16)
+                {
+                    Vector512<float> v = Vector512.LoadUnsafe(ref src, (nuint)i);
+                    vmin = Vector512.Min(vmin, v);
+                    vmax = Vector512.Max(vmax, v);
+                    ok &= Vector512.LessThanOrEqual(Vector512.Abs(v), maxFinite);
+                }
+
+                if (!Vector512.EqualsAll(ok.AsInt32(), Vector512<int>.AllBitsSet))
+                {
+                    return b;
+                }
+
+                float min = float.PositiveInfinity, max = float.NegativeInfinity;
+                for (int l = 0; l < 16; l++)
+                {
+                    min = Math.Min(min, vmin[l]);
+                    max = Math.Max(max, vmax[l]);
+                }
+
+                scale = max - min;
+                offset = min;
+                if (!float.IsFinite(scale))
+                {
+                    return b;
+                }
+            }
+
+            float inverse = scale > 0f ? 1f / scale : 0f;
+            if (float.IsInfinity(inverse))
+            {
+                return b;
+            }
+
+            scales[b] = scale;
+            if (asymmetric)
+            {
+                offsets[b] = offset;
+            }
+
+            var off = Vector512.Create(offset);
+            var inv = Vector512.Create(inverse);
+            Vector512<float> table = levelVector * Vector512.Create(scale);
+            if (asymmetric)
+            {
+                table += off;
+            }
+
+            for (int i = start; i < end; i += 16)
+            {
+                Vector512<float> r = (Vector512.LoadUnsafe(ref src, (nuint)i) - off) * inv;
+                Vector512<int> c = Vector512<int>.Zero;
+                if (!large)
+                {
+                    for (int k = 0; k < nt; k++)
+                    {
+                        c -= Vector512.GreaterThanOrEqual(r, Unsafe.Add(ref t0, k)).AsInt32();
+                    }
+                }
+                else
+                {
+                    Vector512<int> h = Vector512<int>.Zero;
+                    for (int m = 0; m < coarse; m++)
+                    {
+                        h -= Vector512.GreaterThanOrEqual(r, Unsafe.Add(ref t0, m)).AsInt32();
+                    }
+
+                    for (int j = 0; j < SmallCodeBook - 1; j++)
+                    {
+                        c -= Vector512.GreaterThanOrEqual(r, Avx512F.PermuteVar16x32(Unsafe.Add(ref t0, SmallCodeBook + j), h)).AsInt32();
+                    }
+
+                    c += h << 4;
+                }
+
+                Avx512F.ConvertToVector128Byte(c).StoreUnsafe(ref dst, (nuint)i);
+                if (fused)
+                {
+                    Avx512F.PermuteVar16x32(table, c).StoreUnsafe(ref deq, (nuint)i);
+                }
+            }
+        }
+
+        return blockCount;
+    }
+}
