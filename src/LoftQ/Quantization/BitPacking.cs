@@ -91,7 +91,7 @@ internal static class BitPacking
                 Pack2(codes, packed);
                 return;
             default:
-                PackScalar(codes, bits, packed);
+                PackGroups(codes, bits, packed);
                 return;
         }
     }
@@ -111,7 +111,7 @@ internal static class BitPacking
                 Unpack2(packed, codes);
                 return;
             default:
-                UnpackScalar(packed, bits, codes);
+                UnpackGroups(packed, bits, codes);
                 return;
         }
     }
@@ -149,6 +149,66 @@ internal static class BitPacking
         }
     }
 
+    /// <summary>Any width: every 8 codes fill exactly <paramref name="bits"/> bytes, assembled in a 64-bit word.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void PackGroups(ReadOnlySpan<byte> codes, int bits, Span<byte> packed)
+    {
+        int n = codes.Length;
+        int groups = n / 8;
+        for (int g = 0; g < groups; g++)
+        {
+            ReadOnlySpan<byte> c = codes.Slice(g * 8, 8);
+            ulong word = 0;
+            for (int k = 0; k < 8; k++)
+            {
+                word = (word << bits) | c[k];
+            }
+
+            Span<byte> d = packed.Slice(g * bits, bits);
+            for (int k = bits - 1; k >= 0; k--)
+            {
+                d[k] = (byte)word;
+                word >>= 8;
+            }
+        }
+
+        if (groups * 8 < n)
+        {
+            PackScalar(codes[(groups * 8)..], bits, packed[(groups * bits)..]);
+        }
+    }
+
+    /// <summary>Any width: every <paramref name="bits"/> bytes hold exactly 8 codes.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void UnpackGroups(ReadOnlySpan<byte> packed, int bits, Span<byte> codes)
+    {
+        int n = codes.Length;
+        int groups = n / 8;
+        ulong mask = (1UL << bits) - 1;
+        for (int g = 0; g < groups; g++)
+        {
+            ReadOnlySpan<byte> p = packed.Slice(g * bits, bits);
+            ulong word = 0;
+            for (int k = 0; k < bits; k++)
+            {
+                word = (word << 8) | p[k];
+            }
+
+            Span<byte> c = codes.Slice(g * 8, 8);
+            for (int k = 7; k >= 0; k--)
+            {
+                c[k] = (byte)(word & mask);
+                word >>= bits;
+            }
+        }
+
+        if (groups * 8 < n)
+        {
+            UnpackScalar(packed[(groups * bits)..], bits, codes[(groups * 8)..]);
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Pack4(ReadOnlySpan<byte> codes, Span<byte> packed)
     {
         ref byte src = ref MemoryMarshal.GetReference(codes);
@@ -192,6 +252,7 @@ internal static class BitPacking
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Pack2(ReadOnlySpan<byte> codes, Span<byte> packed)
     {
         ref byte src = ref MemoryMarshal.GetReference(codes);
@@ -234,6 +295,7 @@ internal static class BitPacking
         ((u << 6) & Vector256.Create(0xC0u)) | ((u >> 4) & Vector256.Create(0x30u))
         | ((u >> 14) & Vector256.Create(0x0Cu)) | (u >> 24);
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Unpack4(ReadOnlySpan<byte> packed, Span<byte> codes)
     {
         ref byte src = ref MemoryMarshal.GetReference(packed);
@@ -265,6 +327,7 @@ internal static class BitPacking
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Unpack2(ReadOnlySpan<byte> packed, Span<byte> codes)
     {
         ref byte src = ref MemoryMarshal.GetReference(packed);

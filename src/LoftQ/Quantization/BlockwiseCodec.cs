@@ -1,5 +1,6 @@
 using System.Buffers;
 using System.Numerics.Tensors;
+using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
 using LoftQNet.Numerics;
@@ -86,6 +87,7 @@ internal sealed class BlockwiseCodec
         return new QuantizedTensor(shape, Bits, BlockSize, packed, scales, (float[])_levels.Clone(), Name, offsets);
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private unsafe void QuantizeChunk(int chunk, int blocksPerChunk, nint source, long n, float[] scales, float[]? offsets, byte[] packed, nint destination, Failure failure)
     {
         int b0 = chunk * blocksPerChunk;
@@ -263,6 +265,7 @@ internal sealed class BlockwiseCodec
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static unsafe void DequantizeChunk(QuantizedTensor q, int chunk, int blocksPerChunk, nint destination)
     {
         long n = q.ElementCount;

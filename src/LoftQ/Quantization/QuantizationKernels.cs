@@ -56,28 +56,38 @@ internal static class QuantizationKernels
                 throw new ArgumentException($"Levels must be strictly ascending; level {k + 1} ({hi}) is not above level {k} ({lo}).", nameof(levels));
             }
 
-            float t = (float)((lo + (double)hi) / 2);
-            if (PrefersUpper(t, lo, hi))
+            // Binary search over the floats of [lo, hi] in order (the predicate is false at lo, true at hi and
+            // monotone in between).
+            int a = OrderedKey(lo), b = OrderedKey(hi);
+            while (b - a > 1)
             {
-                while (PrefersUpper(MathF.BitDecrement(t), lo, hi))
+                int mid = a + ((b - a) / 2);
+                if (PrefersUpper(FromOrderedKey(mid), lo, hi))
                 {
-                    t = MathF.BitDecrement(t);
+                    b = mid;
                 }
-            }
-            else
-            {
-                do
+                else
                 {
-                    t = MathF.BitIncrement(t);
+                    a = mid;
                 }
-                while (!PrefersUpper(t, lo, hi));
             }
 
+            float t = FromOrderedKey(b);
             thresholds[k] = t;
         }
 
         return thresholds;
     }
+
+    /// <summary>A monotone integer key for finite floats (−0 and +0 share key 0).</summary>
+    private static int OrderedKey(float f)
+    {
+        int bits = BitConverter.SingleToInt32Bits(f);
+        return bits >= 0 ? bits : -(bits & int.MaxValue);
+    }
+
+    private static float FromOrderedKey(int key) =>
+        key >= 0 ? BitConverter.Int32BitsToSingle(key) : -BitConverter.Int32BitsToSingle(-key);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static bool PrefersUpper(float x, float lower, float upper) => Math.Abs(x - upper) < Math.Abs(x - lower);
@@ -120,6 +130,7 @@ internal static class QuantizationKernels
     }
 
     /// <summary>Scalar form of <see cref="Codes"/> for a finite inverse.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void CodesScalar(ReadOnlySpan<float> x, float offset, float inverse, ReadOnlySpan<float> thresholds, Span<byte> codes)
     {
         ref float t = ref MemoryMarshal.GetReference(thresholds);
@@ -141,6 +152,7 @@ internal static class QuantizationKernels
     }
 
     /// <summary>Vector512 form (≤ 15 thresholds): per lane, subtract one for every threshold compare that holds.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void CodesVector512(ReadOnlySpan<float> x, float offset, float inverse, ReadOnlySpan<float> thresholds, Span<byte> codes)
     {
         int nt = thresholds.Length;
@@ -195,6 +207,7 @@ internal static class QuantizationKernels
     }
 
     /// <summary>Vector256 form (≤ 15 thresholds).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void CodesVector256(ReadOnlySpan<float> x, float offset, float inverse, ReadOnlySpan<float> thresholds, Span<byte> codes)
     {
         int nt = thresholds.Length;
@@ -247,6 +260,10 @@ internal static class QuantizationKernels
         {
             LookupAvx2(codes, levels, scale, offset, addOffset, destination);
         }
+        else if (Avx2.IsSupported)
+        {
+            LookupGatherAvx2(codes, levels, scale, offset, addOffset, destination);
+        }
         else
         {
             LookupScalar(codes, levels, scale, offset, addOffset, destination);
@@ -254,6 +271,7 @@ internal static class QuantizationKernels
     }
 
     /// <summary>Scalar form of <see cref="Lookup"/> (the definition the SIMD forms match bit for bit).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void LookupScalar(ReadOnlySpan<byte> codes, ReadOnlySpan<float> levels, float scale, float offset, bool addOffset, Span<float> destination)
     {
         ref float table = ref MemoryMarshal.GetReference(levels);
@@ -265,6 +283,7 @@ internal static class QuantizationKernels
     }
 
     /// <summary>Vector512 form: a 16-entry table scaled once per block, then one permute per 16 codes.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void LookupVector512(ReadOnlySpan<byte> codes, ReadOnlySpan<float> levels, float scale, float offset, bool addOffset, Span<float> destination)
     {
         Vector512<float> table = ScaledTable512(levels, scale, offset, addOffset);
@@ -290,6 +309,7 @@ internal static class QuantizationKernels
     }
 
     /// <summary>AVX2 form: two 8-entry permutes blended on code ≥ 8.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void LookupAvx2(ReadOnlySpan<byte> codes, ReadOnlySpan<float> levels, float scale, float offset, bool addOffset, Span<float> destination)
     {
         Span<float> padded = stackalloc float[SmallCodeBook];
@@ -321,6 +341,29 @@ internal static class QuantizationKernels
         LookupScalar(codes[i..], levels, scale, offset, addOffset, destination[i..]);
     }
 
+    /// <summary>AVX2 gather form for any code book (used for 5..8 bits).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static unsafe void LookupGatherAvx2(ReadOnlySpan<byte> codes, ReadOnlySpan<float> levels, float scale, float offset, bool addOffset, Span<float> destination)
+    {
+        ref byte src = ref MemoryMarshal.GetReference(codes);
+        ref float dst = ref MemoryMarshal.GetReference(destination);
+        var s = Vector256.Create(scale);
+        var o = Vector256.Create(offset);
+        int n = codes.Length;
+        int i = 0;
+        fixed (float* table = levels)
+        {
+            for (; i <= n - 8; i += 8)
+            {
+                Vector256<int> c = Avx2.ConvertToVector256Int32(Vector128.CreateScalarUnsafe(Unsafe.ReadUnaligned<ulong>(ref Unsafe.Add(ref src, i))).AsByte());
+                Vector256<float> v = Avx2.GatherVector256(table, c, 4) * s;
+                (addOffset ? v + o : v).StoreUnsafe(ref dst, (nuint)i);
+            }
+        }
+
+        LookupScalar(codes[i..], levels, scale, offset, addOffset, destination[i..]);
+    }
+
     private static Vector512<float> ScaledTable512(ReadOnlySpan<float> levels, float scale, float offset, bool addOffset)
     {
         Span<float> padded = stackalloc float[SmallCodeBook];
@@ -340,6 +383,7 @@ internal static class QuantizationKernels
     /// <paramref name="blockCount"/> when all blocks were done. Dequantized values of larger code books are left
     /// to the caller.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static int QuantizeBlocksVector512(
         ReadOnlySpan<float> x, int blockSize, int blockCount, bool asymmetric, ReadOnlySpan<float> levels, ReadOnlySpan<float> thresholds,
         Span<float> scales, Span<float> offsets, Span<byte> codes, Span<float> dequantized)
@@ -436,12 +480,11 @@ internal static class QuantizationKernels
                     return b;
                 }
 
-                float min = float.PositiveInfinity, max = float.NegativeInfinity;
-                for (int l = 0; l < 16; l++)
-                {
-                    min = Math.Min(min, vmin[l]);
-                    max = Math.Max(max, vmax[l]);
-                }
+                // IEEE min/max (−0 below +0) all the way down, like Math.Min/Math.Max in the scalar reference.
+                Vector128<float> lo4 = Vector128.Min(Vector256.Min(vmin.GetLower(), vmin.GetUpper()).GetLower(), Vector256.Min(vmin.GetLower(), vmin.GetUpper()).GetUpper());
+                Vector128<float> hi4 = Vector128.Max(Vector256.Max(vmax.GetLower(), vmax.GetUpper()).GetLower(), Vector256.Max(vmax.GetLower(), vmax.GetUpper()).GetUpper());
+                float min = Math.Min(Math.Min(lo4[0], lo4[1]), Math.Min(lo4[2], lo4[3]));
+                float max = Math.Max(Math.Max(hi4[0], hi4[1]), Math.Max(hi4[2], hi4[3]));
 
                 scale = max - min;
                 offset = min;
