@@ -15,7 +15,7 @@ namespace LoftQNet.Quantization;
 internal sealed class BlockwiseCodec
 {
     /// <summary>Elements per work item (rounded to whole blocks whose packed codes start on a byte boundary).</summary>
-    internal const int TargetChunkElements = 8192;
+    internal const int TargetChunkElements = 32768;
 
     /// <summary>Fewest elements worth giving a thread of its own.</summary>
     internal const long MinElementsPerThread = 1 << 16;
@@ -24,6 +24,9 @@ internal sealed class BlockwiseCodec
 
     private readonly float[] _levels;
     private readonly float[] _thresholds;
+    private readonly int[]? _bucketBases;
+    private readonly float _bucketLow;
+    private readonly float _bucketsPerUnit;
 
     /// <summary>Creates the codec; <paramref name="levels"/> must be strictly ascending with 2^<paramref name="bits"/> entries.</summary>
     public BlockwiseCodec(string name, int bits, int blockSize, float[] levels, bool asymmetric)
@@ -39,6 +42,7 @@ internal sealed class BlockwiseCodec
         Asymmetric = asymmetric;
         _levels = (float[])levels.Clone();
         _thresholds = QuantizationKernels.ComputeThresholds(_levels);
+        _bucketBases = QuantizationKernels.BuildBuckets(_levels, _thresholds, out _bucketLow, out _bucketsPerUnit);
     }
 
     public string Name { get; }
@@ -52,6 +56,9 @@ internal sealed class BlockwiseCodec
     public ReadOnlySpan<float> Levels => _levels;
 
     public ReadOnlySpan<float> Thresholds => _thresholds;
+
+    /// <summary>Whether the AVX-512 path uses the bucketed code search (code books of ≤ 16 well-spread levels).</summary>
+    public bool HasBuckets => _bucketBases is not null;
 
     /// <summary>Quantizes (and, when <paramref name="fused"/>, dequantizes into <paramref name="dequantized"/> in the same pass).</summary>
     public unsafe QuantizedTensor Run(ReadOnlySpan<float> values, TensorShape shape, Span<float> dequantized, bool fused)
@@ -113,7 +120,8 @@ internal sealed class BlockwiseCodec
                 int fullLength = full * BlockSize;
                 done = QuantizationKernels.QuantizeBlocksVector512(
                     x[..fullLength], BlockSize, full, Asymmetric, _levels, _thresholds, scales.AsSpan(b0, full),
-                    offsets is null ? default : offsets.AsSpan(b0, full), codes, y.IsEmpty ? default : y[..fullLength]);
+                    offsets is null ? default : offsets.AsSpan(b0, full), codes, y.IsEmpty ? default : y[..fullLength],
+                    _bucketBases, _bucketLow, _bucketsPerUnit);
                 fusedDone = _levels.Length <= QuantizationKernels.SmallCodeBook;
             }
 

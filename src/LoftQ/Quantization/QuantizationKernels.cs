@@ -79,6 +79,55 @@ internal static class QuantizationKernels
         return thresholds;
     }
 
+    /// <summary>Buckets of the bucketed code search (one 32-lane two-vector permute).</summary>
+    internal const int BucketCount = 32;
+
+    /// <summary>
+    /// Builds the bucket table of the AVX-512 code search for a code book of ≤ 16 levels: the ratio range
+    /// [first level, last level] is cut into 32 equal buckets, <c>bases[j]</c> counts the thresholds certainly below
+    /// every ratio that can land in bucket j (a 1e-5 margin covers the rounding of the bucket computation), and the
+    /// code is then <c>bases[j] + (r ≥ t[bases[j]]) + (r ≥ t[bases[j] + 1])</c>. Returns null when some bucket
+    /// window holds more than two thresholds (the linear count is used then).
+    /// </summary>
+    internal static int[]? BuildBuckets(ReadOnlySpan<float> levels, ReadOnlySpan<float> thresholds, out float low, out float bucketsPerUnit)
+    {
+        const double Margin = 1e-5;
+        low = levels[0];
+        bucketsPerUnit = BucketCount / (levels[^1] - levels[0]);
+        if (levels.Length > SmallCodeBook || !float.IsFinite(bucketsPerUnit))
+        {
+            return null;
+        }
+
+        var bases = new int[BucketCount];
+        for (int j = 0; j < BucketCount; j++)
+        {
+            double lower = j == 0 ? double.NegativeInfinity : low + (j / (double)bucketsPerUnit) - Margin;
+            double upper = j == BucketCount - 1 ? double.PositiveInfinity : low + ((j + 1) / (double)bucketsPerUnit) + Margin;
+            int below = 0, inside = 0;
+            foreach (float t in thresholds)
+            {
+                if (t < lower)
+                {
+                    below++;
+                }
+                else if (t <= upper)
+                {
+                    inside++;
+                }
+            }
+
+            if (inside > 2)
+            {
+                return null;
+            }
+
+            bases[j] = below;
+        }
+
+        return bases;
+    }
+
     /// <summary>A monotone integer key for finite floats (−0 and +0 share key 0).</summary>
     private static int OrderedKey(float f)
     {
@@ -386,8 +435,24 @@ internal static class QuantizationKernels
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static int QuantizeBlocksVector512(
         ReadOnlySpan<float> x, int blockSize, int blockCount, bool asymmetric, ReadOnlySpan<float> levels, ReadOnlySpan<float> thresholds,
-        Span<float> scales, Span<float> offsets, Span<byte> codes, Span<float> dequantized)
+        Span<float> scales, Span<float> offsets, Span<byte> codes, Span<float> dequantized, ReadOnlySpan<int> bucketBases = default, float bucketLow = 0f, float bucketsPerUnit = 0f)
     {
+        bool bucketed = bucketBases.Length == BucketCount && thresholds.Length < SmallCodeBook;
+        Vector512<int> basesLo = default, basesHi = default;
+        Vector512<float> tLo = default, tHi = Vector512.Create(float.PositiveInfinity);
+        Vector512<float> bucketOrigin = Vector512.Create(bucketLow), bucketScale = Vector512.Create(bucketsPerUnit);
+        if (bucketed)
+        {
+            basesLo = Vector512.Create(bucketBases[..16]);
+            basesHi = Vector512.Create(bucketBases[16..]);
+            Span<float> padded = stackalloc float[SmallCodeBook];
+            padded.Fill(float.PositiveInfinity);
+            thresholds.CopyTo(padded);
+            tLo = Vector512.Create((ReadOnlySpan<float>)padded);
+        }
+
+        var lastBucket = Vector512.Create(BucketCount - 1);
+
         int nt = thresholds.Length;
         bool large = nt >= SmallCodeBook;
         Span<Vector512<float>> tv = stackalloc Vector512<float>[2 * SmallCodeBook];
@@ -518,7 +583,16 @@ internal static class QuantizationKernels
             {
                 Vector512<float> r = (Vector512.LoadUnsafe(ref src, (nuint)i) - off) * inv;
                 Vector512<int> c = Vector512<int>.Zero;
-                if (!large)
+                if (bucketed)
+                {
+                    Vector512<int> j = Vector512.ConvertToInt32((r - bucketOrigin) * bucketScale);
+                    j = Vector512.Max(Vector512.Min(j, lastBucket), Vector512<int>.Zero);
+                    Vector512<int> b0 = Avx512F.PermuteVar16x32x2(basesLo, j, basesHi);
+                    Vector512<float> t1 = Avx512F.PermuteVar16x32x2(tLo, b0, tHi);
+                    Vector512<float> t2 = Avx512F.PermuteVar16x32x2(tLo, b0 + Vector512<int>.One, tHi);
+                    c = b0 - Vector512.GreaterThanOrEqual(r, t1).AsInt32() - Vector512.GreaterThanOrEqual(r, t2).AsInt32();
+                }
+                else if (!large)
                 {
                     for (int k = 0; k < nt; k++)
                     {

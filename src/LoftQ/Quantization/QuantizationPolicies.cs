@@ -112,9 +112,12 @@ public static partial class QuantizationPolicies
             return layer is null || layer.Value < highLayers ? high : low;
         }
 
-        public string Describe() => string.Create(
-            CultureInfo.InvariantCulture,
-            $"mixed precision (average {averageBits} bits over {layerCount} layers): layers 0..{highLayers - 1} and non-layer tensors {high.Name}, layers {highLayers}..{layerCount - 1} {low.Name}");
+        public string Describe()
+        {
+            string highPart = highLayers == 0 ? $"non-layer tensors {high.Name}" : $"layers 0..{highLayers - 1} and non-layer tensors {high.Name}";
+            string lowPart = highLayers == layerCount ? "no 2-bit layers" : $"layers {highLayers}..{layerCount - 1} {low.Name}";
+            return string.Create(CultureInfo.InvariantCulture, $"mixed precision (average {averageBits} bits over {layerCount} layers, k = {highLayers}): {highPart}, {lowPart}");
+        }
     }
 
     private sealed class PatternPolicy(List<(string Pattern, Regex Regex, IQuantizer Quantizer)> rules, IQuantizer fallback) : IQuantizationPolicy

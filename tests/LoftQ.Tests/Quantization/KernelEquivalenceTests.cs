@@ -183,6 +183,58 @@ public class KernelEquivalenceTests
         }
     }
 
+    [Fact]
+    public void ValuesExactlyAtAndAroundThresholdsMatchTheReferenceThroughTheWholeQuantizer()
+    {
+        // Each block starts with 1 (absmax 1, so the ratio is the value itself; asymmetric blocks also hold 0 so
+        // min 0 and max 1); the rest are thresholds, exact float midpoints and their neighbours.
+        foreach (IQuantizer q in AllBuiltIn())
+        {
+            BlockwiseCodec codec = CodecOf(q);
+            var candidates = new List<float>();
+            for (int k = 0; k < codec.Thresholds.Length; k++)
+            {
+                float mid = (codec.Levels[k] + codec.Levels[k + 1]) / 2;
+                foreach (float c in new[] { codec.Thresholds[k], mid })
+                {
+                    candidates.Add(c);
+                    candidates.Add(MathF.BitDecrement(c));
+                    candidates.Add(MathF.BitIncrement(c));
+                }
+            }
+
+            var values = new List<float>();
+            for (int i = 0; i < candidates.Count; i++)
+            {
+                if (values.Count % 64 == 0)
+                {
+                    values.Add(1f);
+                    values.Add(0f);
+                }
+
+                values.Add(codec.Asymmetric ? Math.Clamp(candidates[i], 0f, 1f) : Math.Clamp(candidates[i], -1f, 1f));
+            }
+
+            while (values.Count % 64 != 0)
+            {
+                values.Add(0.5f);
+            }
+
+            float[] x = values.ToArray();
+            var shape = new TensorShape(x.Length);
+            AssertIdentical(codec.QuantizeReference(x, shape), q.Quantize(x, shape));
+        }
+    }
+
+    [Fact]
+    public void SmallCodeBooksUseTheBucketedSearch()
+    {
+        foreach (IQuantizer q in AllBuiltIn())
+        {
+            Assert.Equal(q.Bits <= 4, CodecOf(q).HasBuckets);
+        }
+    }
+
     [Theory]
     [Trait("Category", "Slow")]
     [InlineData(4)]

@@ -58,6 +58,9 @@ public class QuantizationPolicyTests
         string d = QuantizationPolicies.FromAverageBits(2.5, 8, ForBits).Describe();
         Assert.Contains("layers 0..1", d);
         Assert.Contains("layers 2..7 nf2", d);
+        Assert.Contains("k = 2", d);
+        Assert.DoesNotContain("..-1", QuantizationPolicies.FromAverageBits(2, 8, ForBits).Describe());
+        Assert.Contains("no 2-bit layers", QuantizationPolicies.FromAverageBits(4, 8, ForBits).Describe());
     }
 
     [Theory]
