@@ -55,13 +55,4 @@ public class QuantizationBenchmarks
 
     [Benchmark]
     public QuantizedTensor QuantizeDequantize() => _quantizer.QuantizeDequantize(_weight.Span, _weight.Shape, _output);
-
-    /// <summary>The scalar reference (distance search, bit-by-bit packing) for comparison, single-threaded.</summary>
-    [Benchmark]
-    public QuantizedTensor QuantizeScalarReference() => _quantizer switch
-    {
-        NormalFloatQuantizer nf => nf.Codec.QuantizeReference(_weight.Span, _weight.Shape),
-        UniformQuantizer u => u.Codec.QuantizeReference(_weight.Span, _weight.Shape),
-        _ => throw new InvalidOperationException(),
-    };
 }

@@ -1,8 +1,6 @@
 using System.Buffers;
 using System.Numerics.Tensors;
 using System.Runtime.CompilerServices;
-using System.Runtime.Intrinsics;
-using System.Runtime.Intrinsics.X86;
 using LoftQNet.Numerics;
 
 namespace LoftQNet.Quantization;
@@ -19,8 +17,6 @@ internal sealed class BlockwiseCodec
 
     /// <summary>Fewest elements worth giving a thread of its own.</summary>
     internal const long MinElementsPerThread = 1 << 16;
-
-    private static readonly bool UseVector512 = Vector512.IsHardwareAccelerated && Avx512F.IsSupported;
 
     private readonly float[] _levels;
     private readonly float[] _thresholds;
@@ -114,7 +110,7 @@ internal sealed class BlockwiseCodec
             var y = destination != 0 ? new Span<float>((float*)destination + e0, length) : default;
             int done = 0;
             bool fusedDone = false;
-            if (UseVector512 && BlockSize % 16 == 0)
+            if (QuantizationKernels.UseVector512 && BlockSize % 16 == 0)
             {
                 int full = length / BlockSize;
                 int fullLength = full * BlockSize;

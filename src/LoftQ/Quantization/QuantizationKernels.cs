@@ -19,6 +19,21 @@ namespace LoftQNet.Quantization;
 /// </remarks>
 internal static class QuantizationKernels
 {
+    private static volatile bool s_avoidVector512;
+
+    /// <summary>
+    /// Test hook: when set, the dispatchers skip the AVX-512 kernels and take the Vector256 / AVX2 / scalar forms
+    /// (results are identical either way, so flipping it while other work runs is harmless).
+    /// </summary>
+    internal static bool AvoidVector512
+    {
+        get => s_avoidVector512;
+        set => s_avoidVector512 = value;
+    }
+
+    /// <summary>Whether the AVX-512 kernels are used.</summary>
+    internal static bool UseVector512 => Vector512.IsHardwareAccelerated && Avx512F.IsSupported && !s_avoidVector512;
+
     /// <summary>The largest code book the SIMD permute paths handle (16 levels = 4 bits).</summary>
     internal const int SmallCodeBook = 16;
 
@@ -164,7 +179,7 @@ internal static class QuantizationKernels
         {
             CodesByDivision(x, offset, scale, thresholds, codes);
         }
-        else if (thresholds.Length < SmallCodeBook && Vector512.IsHardwareAccelerated && Avx512F.IsSupported)
+        else if (thresholds.Length < SmallCodeBook && UseVector512)
         {
             CodesVector512(x, offset, inverse, thresholds, codes);
         }
@@ -301,7 +316,7 @@ internal static class QuantizationKernels
     /// </summary>
     internal static void Lookup(ReadOnlySpan<byte> codes, ReadOnlySpan<float> levels, float scale, float offset, bool addOffset, Span<float> destination)
     {
-        if (levels.Length <= SmallCodeBook && Vector512.IsHardwareAccelerated && Avx512F.IsSupported)
+        if (levels.Length <= SmallCodeBook && UseVector512)
         {
             LookupVector512(codes, levels, scale, offset, addOffset, destination);
         }

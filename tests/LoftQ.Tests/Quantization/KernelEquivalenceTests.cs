@@ -235,6 +235,37 @@ public class KernelEquivalenceTests
         }
     }
 
+    [Fact]
+    public void PortablePathsWithoutAvx512MatchTheReference()
+    {
+        float[] x = AwkwardValues(20_000 + 5, seed: 77);
+        var shape = new TensorShape(x.Length);
+        bool saved = QuantizationKernels.AvoidVector512;
+        try
+        {
+            QuantizationKernels.AvoidVector512 = true;
+            Assert.False(QuantizationKernels.UseVector512);
+            foreach (int blockSize in new[] { 64, 37 })
+            {
+                foreach (IQuantizer q in AllBuiltIn(blockSize))
+                {
+                    QuantizedTensor reference = CodecOf(q).QuantizeReference(x, shape);
+                    var deq = new float[x.Length];
+                    AssertIdentical(reference, q.QuantizeDequantize(x, shape, deq));
+                    var expected = new float[x.Length];
+                    reference.DequantizeReference(expected);
+                    AssertBitsEqual(expected, deq, $"{q.Name} portable fused");
+                    q.Dequantize(reference, deq);
+                    AssertBitsEqual(expected, deq, $"{q.Name} portable dequantize");
+                }
+            }
+        }
+        finally
+        {
+            QuantizationKernels.AvoidVector512 = saved;
+        }
+    }
+
     [Theory]
     [Trait("Category", "Slow")]
     [InlineData(4)]
