@@ -7,6 +7,13 @@ namespace LoftQNet.Quantization;
 /// Blockwise NormalFloat quantizer (NF2, NF3, NF4, NF8): per-block absmax scaling onto a code book of normal
 /// quantiles. NF4's code book is bitsandbytes' table exactly.
 /// </summary>
+/// <remarks>
+/// Each block of <see cref="BlockSize"/> row-major values is scaled by its absmax (fp32); each value gets the code
+/// of the level nearest to <c>x · (1 / absmax)</c> (ties to the lower index), which is how bitsandbytes'
+/// kernel computes it. An all-zero block has scale 0 and dequantizes to exact zeros. Codes are packed as a
+/// big-endian bit stream (bitsandbytes' nibble order for 4 bits). Quantization is a fused, SIMD, multi-threaded
+/// single pass; instances are immutable and safe to use from several threads at once.
+/// </remarks>
 public sealed class NormalFloatQuantizer : IQuantizer
 {
     private static readonly float[] s_nf4 =
@@ -18,6 +25,7 @@ public sealed class NormalFloatQuantizer : IQuantizer
     ];
 
     private readonly float[] _codeBook;
+    private readonly BlockwiseCodec _codec;
 
     /// <summary>Creates an NF quantizer.</summary>
     /// <param name="bits">2, 3, 4 or 8.</param>
@@ -38,6 +46,7 @@ public sealed class NormalFloatQuantizer : IQuantizer
         Bits = bits;
         BlockSize = blockSize;
         _codeBook = CreateCodeBook(bits);
+        _codec = new BlockwiseCodec($"nf{bits}", bits, blockSize, _codeBook, asymmetric: false);
     }
 
     /// <inheritdoc/>
@@ -96,45 +105,7 @@ public sealed class NormalFloatQuantizer : IQuantizer
     }
 
     /// <inheritdoc/>
-    public QuantizedTensor Quantize(ReadOnlySpan<float> values, TensorShape shape)
-    {
-        long n = shape.ElementCount;
-        if (values.Length != n)
-        {
-            throw new ArgumentException($"Shape {shape} has {n} elements but {values.Length} values were given.", nameof(values));
-        }
-
-        int blocks = (int)((n + BlockSize - 1) / BlockSize);
-        var scales = new float[blocks];
-        var codes = new byte[n];
-        for (int blk = 0; blk < blocks; blk++)
-        {
-            int start = blk * BlockSize;
-            int len = (int)Math.Min(BlockSize, n - start);
-            float absmax = 0f;
-            for (int i = start; i < start + len; i++)
-            {
-                float v = values[i];
-                if (!float.IsFinite(v))
-                {
-                    throw new ArgumentException($"Value at flat index {i} is {v}; quantization needs finite values.", nameof(values));
-                }
-
-                absmax = Math.Max(absmax, Math.Abs(v));
-            }
-
-            scales[blk] = absmax;
-            float inv = absmax > 0f ? 1f / absmax : 0f;
-            for (int i = start; i < start + len; i++)
-            {
-                codes[i] = (byte)Nearest(_codeBook, values[i] * inv);
-            }
-        }
-
-        var packed = new byte[BitPacking.PackedLength(n, Bits)];
-        BitPacking.Pack(codes, Bits, packed);
-        return new QuantizedTensor(shape, Bits, BlockSize, packed, scales, (float[])_codeBook.Clone(), Name);
-    }
+    public QuantizedTensor Quantize(ReadOnlySpan<float> values, TensorShape shape) => _codec.Run(values, shape, default, fused: false);
 
     /// <inheritdoc/>
     public void Dequantize(QuantizedTensor quantized, Span<float> destination)
@@ -143,23 +114,18 @@ public sealed class NormalFloatQuantizer : IQuantizer
         quantized.Dequantize(destination);
     }
 
-    /// <summary>Index of the level nearest to <paramref name="x"/>; ties go to the lower index.</summary>
-    internal static int Nearest(ReadOnlySpan<float> levels, float x)
-    {
-        int best = 0;
-        float bestDistance = Math.Abs(x - levels[0]);
-        for (int i = 1; i < levels.Length; i++)
-        {
-            float d = Math.Abs(x - levels[i]);
-            if (d < bestDistance)
-            {
-                best = i;
-                bestDistance = d;
-            }
-        }
+    /// <inheritdoc/>
+    public QuantizedTensor QuantizeDequantize(ReadOnlySpan<float> values, TensorShape shape, Span<float> dequantized) =>
+        _codec.Run(values, shape, dequantized, fused: true);
 
-        return best;
-    }
+    /// <inheritdoc/>
+    public override string ToString() => $"{Name} (block {BlockSize})";
+
+    /// <summary>The shared engine (tests reach its scalar reference through it).</summary>
+    internal BlockwiseCodec Codec => _codec;
+
+    /// <summary>Index of the level nearest to <paramref name="x"/>; ties go to the lower index.</summary>
+    internal static int Nearest(ReadOnlySpan<float> levels, float x) => QuantizationKernels.NearestScalar(levels, x);
 
     private static double[] Linspace(double start, double stop, int count)
     {

@@ -126,8 +126,26 @@ public sealed class QuantizedTensor
         BitPacking.Unpack(_codes, Bits, destination);
     }
 
-    /// <summary>Dequantizes into <paramref name="destination"/> (generic path, valid for every quantizer's output).</summary>
+    /// <summary>
+    /// Dequantizes into <paramref name="destination"/> (generic path, valid for every quantizer's output):
+    /// SIMD unpacking and table lookup, multi-threaded over blocks per <see cref="ComputeSettings"/>.
+    /// </summary>
+    /// <exception cref="ArgumentException">The destination length differs from <see cref="ElementCount"/>.</exception>
     public void Dequantize(Span<float> destination)
+    {
+        if (destination.Length != ElementCount)
+        {
+            throw new ArgumentException($"Expected a destination of {ElementCount} values, got {destination.Length}.", nameof(destination));
+        }
+
+        BlockwiseCodec.Dequantize(this, destination);
+    }
+
+    /// <summary>
+    /// The scalar reference for <see cref="Dequantize"/>: one code at a time through <see cref="GetCode"/>
+    /// (tests compare the fast path with it bit for bit).
+    /// </summary>
+    internal void DequantizeReference(Span<float> destination)
     {
         if (destination.Length != ElementCount)
         {
