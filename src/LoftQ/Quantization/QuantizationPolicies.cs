@@ -47,6 +47,17 @@ public static partial class QuantizationPolicies
     /// <exception cref="ArgumentException">A pattern is not a valid regular expression (the message names it), or a rule's quantizer is null.</exception>
     public static IQuantizationPolicy FromPatterns(IEnumerable<(string Pattern, IQuantizer Quantizer)> rules, IQuantizer fallback)
     {
+        ArgumentNullException.ThrowIfNull(fallback);
+        return FromPatterns(rules, Uniform(fallback));
+    }
+
+    /// <summary>
+    /// Like <see cref="FromPatterns(IEnumerable{ValueTuple{string, IQuantizer}}, IQuantizer)"/>, but a tensor no rule
+    /// matches is handed to another policy (e.g. LoftQ's mixed precision from <see cref="FromAverageBits"/>).
+    /// </summary>
+    /// <exception cref="ArgumentException">A pattern is not a valid regular expression (the message names it) or a rule is null.</exception>
+    public static IQuantizationPolicy FromPatterns(IEnumerable<(string Pattern, IQuantizer Quantizer)> rules, IQuantizationPolicy fallback)
+    {
         ArgumentNullException.ThrowIfNull(rules);
         ArgumentNullException.ThrowIfNull(fallback);
         var compiled = new List<(string Pattern, Regex Regex, IQuantizer Quantizer)>();
@@ -120,7 +131,7 @@ public static partial class QuantizationPolicies
         }
     }
 
-    private sealed class PatternPolicy(List<(string Pattern, Regex Regex, IQuantizer Quantizer)> rules, IQuantizer fallback) : IQuantizationPolicy
+    private sealed class PatternPolicy(List<(string Pattern, Regex Regex, IQuantizer Quantizer)> rules, IQuantizationPolicy fallback) : IQuantizationPolicy
     {
         public IQuantizer Select(string tensorName)
         {
@@ -133,10 +144,10 @@ public static partial class QuantizationPolicies
                 }
             }
 
-            return fallback;
+            return fallback.Select(tensorName);
         }
 
         public string Describe() =>
-            string.Join("; ", rules.Select(r => $"/{r.Pattern}/ → {r.Quantizer.Name}")) + (rules.Count > 0 ? "; " : string.Empty) + $"otherwise {fallback.Name}";
+            string.Join("; ", rules.Select(r => $"/{r.Pattern}/ → {r.Quantizer.Name}")) + (rules.Count > 0 ? "; " : string.Empty) + $"otherwise {fallback.Describe()}";
     }
 }

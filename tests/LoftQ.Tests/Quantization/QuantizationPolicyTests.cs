@@ -106,7 +106,19 @@ public class QuantizationPolicyTests
         Assert.Contains("mlp.(up", e.Message);
         Assert.Equal("rules", e.ParamName);
         Assert.Throws<ArgumentException>(() => QuantizationPolicies.FromPatterns([("x", null!)], Nf4));
-        Assert.Throws<ArgumentNullException>(() => QuantizationPolicies.FromPatterns([], null!));
+        Assert.Throws<ArgumentNullException>(() => QuantizationPolicies.FromPatterns([], (IQuantizer)null!));
+        Assert.Throws<ArgumentNullException>(() => QuantizationPolicies.FromPatterns([], (IQuantizationPolicy)null!));
+    }
+
+    [Fact]
+    public void Patterns_can_fall_back_to_another_policy()
+    {
+        IQuantizationPolicy mixed = QuantizationPolicies.FromAverageBits(2.5, 8, bits => bits == 4 ? Nf4 : Nf2);
+        IQuantizationPolicy policy = QuantizationPolicies.FromPatterns([(@"down_proj", Nf4)], mixed);
+        Assert.Same(Nf4, policy.Select("model.layers.7.mlp.down_proj.weight"));
+        Assert.Same(Nf2, policy.Select("model.layers.7.mlp.up_proj.weight"));
+        Assert.Same(Nf4, policy.Select("model.layers.1.mlp.up_proj.weight"));
+        Assert.Contains("otherwise", policy.Describe());
     }
 
     [Fact]
