@@ -30,6 +30,7 @@ internal static class CliApp
         var root = new RootCommand("LoftQ.NET: LoRA-fine-tuning-aware quantization (LoftQ) of Hugging Face checkpoints.");
         root.Subcommands.Add(QuantizeCommand.Create(stdout, stderr, interactive));
         root.Subcommands.Add(InspectCommand.Create(stdout, stderr));
+        root.Subcommands.Add(EvalCommand.Create(stdout, stderr));
         var describe = new Command("describe", "Print the library version, compute backends, SIMD support and thread count (for bug reports).");
         describe.SetAction(_ =>
         {
