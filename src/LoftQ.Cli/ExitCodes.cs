@@ -13,6 +13,7 @@ internal static class ExitCodes
     /// <summary>Whether an exception means the user's input (a file, a tensor, an option) is at fault.</summary>
     public static bool IsBadInput(Exception e) => e is ArgumentException
         or SafeTensorsFormatException
+        or CheckpointFormatException
         or FileNotFoundException
         or DirectoryNotFoundException
         or InvalidDataException

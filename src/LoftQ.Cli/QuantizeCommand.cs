@@ -21,7 +21,7 @@ internal static class QuantizeCommand
         var blockSize = new Option<int>("--block-size") { Description = "Values per quantization block.", DefaultValueFactory = _ => 64 };
         var solver = new Option<string>("--solver") { Description = "Low-rank solver: randomized (fast, warm-started) or exact (full SVD).", DefaultValueFactory = _ => "randomized" };
         solver.AcceptOnlyFromAmong("randomized", "exact");
-        var alpha = new Option<double?>("--alpha") { Description = "lora_alpha written to the adapter (default: r). B is scaled so Q + (alpha/r)·B·A is unchanged." };
+        var alpha = new Option<int?>("--alpha") { Description = "lora_alpha written to the adapter (default: r). B is scaled so Q + (alpha/r)·B·A is unchanged." };
         var seed = new Option<int>("--seed") { Description = "Seed for the randomized solver and the QLoRA initialisation.", DefaultValueFactory = _ => 0 };
         var targets = new Option<string[]>("--targets") { Description = "Target modules: names (q_proj v_proj ...) or 're:<regex>' over the module path. Default: the architecture's projections.", AllowMultipleArgumentsPerToken = true };
         var bitsPattern = new Option<string[]>("--bits-pattern") { Description = "Explicit mixed precision: REGEX=BITS over the tensor name (repeatable, first match wins), e.g. 'layers\\.[0-3]\\.=4'." };

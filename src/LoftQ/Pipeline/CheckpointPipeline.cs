@@ -104,8 +104,8 @@ internal static class CheckpointPipeline
                     WriteIndex(staging.Path, checkpoint, weightMap, totalBytes);
                 }
 
-                CopyOtherFiles(modelDirectory, staging.Path, options);
-                WriteAdapter(staging.Path, modelDirectory, options, checkpoint, targets, adapters, fanInFanOut);
+                CopyOtherFiles(modelDirectory, staging.Path, checkpoint.Config, options);
+                WriteAdapter(staging.Path, modelDirectory, options, adapters, fanInFanOut);
                 var report = new LoftQReport
                 {
                     Model = Path.GetFullPath(modelDirectory),
@@ -152,9 +152,9 @@ internal static class CheckpointPipeline
             throw new ArgumentException($"--block-size must be in 2..1048576, got {o.BlockSize}.", nameof(o.BlockSize));
         }
 
-        if (o.Alpha is double alpha && !(alpha > 0 && double.IsFinite(alpha)))
+        if (o.Alpha is int alpha && alpha < 1)
         {
-            throw new ArgumentException($"--alpha must be a positive number, got {alpha}.", nameof(o.Alpha));
+            throw new ArgumentException($"--alpha must be a positive integer, got {alpha}.", nameof(o.Alpha));
         }
 
         if (o.Threads is int t && t < 1)
@@ -325,9 +325,9 @@ internal static class CheckpointPipeline
         }
 
         // PEFT adds (alpha / r)·B·A: store B·r/alpha so the sum reproduces the optimizer's Q + B·A.
-        double alpha = options.Alpha ?? options.Rank;
+        int alpha = options.Alpha ?? options.Rank;
         Matrix b = result.B.Clone();
-        float compensation = (float)(options.Rank / alpha);
+        float compensation = (float)options.Rank / alpha;
         if (compensation != 1f)
         {
             System.Numerics.Tensors.TensorPrimitives.Multiply(b.Span, compensation, b.Span);
@@ -387,7 +387,7 @@ internal static class CheckpointPipeline
         AtomicFile.WriteAllText(Path.Combine(directory, IndexFileName), index.ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true }) + "\n");
     }
 
-    private static void CopyOtherFiles(string modelDirectory, string outputDirectory, LoftQOptions options)
+    private static void CopyOtherFiles(string modelDirectory, string outputDirectory, ModelConfig config, LoftQOptions options)
     {
         foreach (string source in Directory.EnumerateFiles(modelDirectory))
         {
@@ -400,11 +400,8 @@ internal static class CheckpointPipeline
             string destination = Path.Combine(outputDirectory, name);
             if (name == "config.json" && options.Format == OutputFormat.BitsAndBytesNf4)
             {
-                JsonObject config = JsonNode.Parse(File.ReadAllText(source)) as JsonObject
-                    ?? throw new InvalidDataException($"'{source}' is not a JSON object.");
-                string computeDType = config["torch_dtype"]?.GetValue<string>() ?? config["dtype"]?.GetValue<string>() ?? "float32";
-                config["quantization_config"] = BitsAndBytesNf4.QuantizationConfig(options.DoubleQuant, computeDType);
-                AtomicFile.WriteAllText(destination, config.ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true }) + "\n");
+                JsonObject quantization = BitsAndBytesNf4.QuantizationConfig(options.DoubleQuant, config.TorchDType ?? "float32");
+                AtomicFile.WriteAllText(destination, config.ToJson(quantization) + "\n");
             }
             else
             {
@@ -413,25 +410,15 @@ internal static class CheckpointPipeline
         }
     }
 
-    private static void WriteAdapter(
-        string outputDirectory, string modelDirectory, LoftQOptions options, HuggingFaceCheckpoint checkpoint,
-        IReadOnlyList<string> targets, List<LoraTensors> adapters, bool fanInFanOut)
+    private static void WriteAdapter(string outputDirectory, string modelDirectory, LoftQOptions options, List<LoraTensors> adapters, bool fanInFanOut)
     {
-        var modules = targets
-            .Select(t => t.EndsWith(".weight", StringComparison.Ordinal) ? t[..^".weight".Length] : t)
-            .Select(m => m[(m.LastIndexOf('.') + 1)..])
-            .Distinct(StringComparer.Ordinal)
-            .ToList();
-        var config = new PeftAdapterConfig
-        {
-            R = options.Rank,
-            LoraAlpha = options.Alpha ?? options.Rank,
-            TargetModules = modules,
-            BaseModelNameOrPath = Path.GetFullPath(modelDirectory),
-            FanInFanOut = fanInFanOut,
-        };
+        var config = new PeftAdapterConfig(
+            options.Rank,
+            options.Alpha ?? options.Rank,
+            PeftAdapterConfig.TargetModulesFor(adapters.Select(a => a.ModulePath)),
+            Path.GetFullPath(modelDirectory),
+            fanInFanOut);
         PeftAdapterWriter.Write(Path.Combine(outputDirectory, "loftq_init"), config, adapters);
-        _ = checkpoint;
     }
 
     private static Dictionary<string, string> Describe(LoftQOptions o, IQuantizationPolicy policy)

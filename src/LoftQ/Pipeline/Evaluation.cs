@@ -71,7 +71,7 @@ public static class Evaluation
             throw new ArgumentException($"Evaluation supports LLaMA-family models (llama, mistral, qwen2); '{modelDirectory}' is '{c.ModelType}'.");
         }
 
-        var config = new LlamaConfig(c.HiddenSize, c.IntermediateSize, c.NumHiddenLayers, c.NumAttentionHeads, c.NumKeyValueHeads, c.HeadDim, c.VocabSize, c.RmsNormEps, c.RopeTheta);
+        var config = new LlamaConfig(c.HiddenSize, c.IntermediateSize, c.NumHiddenLayers, c.NumAttentionHeads, c.NumKeyValueHeads, c.HeadDim, c.VocabSize, c.RmsNormEps ?? 1e-6, c.RopeTheta ?? 10000.0);
         Dictionary<string, (float[] A, float[] B, int Rank, float Scale)> deltas = adapterDirectory is null ? [] : ReadAdapter(adapterDirectory);
         var model = new LlamaModel(config, name =>
         {

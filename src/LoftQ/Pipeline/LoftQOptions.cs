@@ -60,7 +60,7 @@ public sealed record LoftQOptions
     public SolverKind Solver { get; init; } = SolverKind.Randomized;
 
     /// <summary>LoRA alpha written to the adapter; <c>null</c> means alpha = r. B is divided by alpha/r so that Q + (alpha/r)·B·A reproduces the optimizer's result.</summary>
-    public double? Alpha { get; init; }
+    public int? Alpha { get; init; }
 
     /// <summary>Seed for the randomized solver and the QLoRA initialisation of A.</summary>
     public int Seed { get; init; }
