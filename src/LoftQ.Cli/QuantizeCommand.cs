@@ -1,0 +1,207 @@
+using System.Collections.Concurrent;
+using System.CommandLine;
+using System.Globalization;
+using LoftQNet.Pipeline;
+using Spectre.Console;
+
+namespace LoftQNet.Cli;
+
+/// <summary><c>loftq quantize</c>: LoftQ-initialise a Hugging Face checkpoint.</summary>
+internal static class QuantizeCommand
+{
+    public static Command Create(TextWriter stdout, TextWriter stderr, bool? interactive)
+    {
+        var model = new Argument<string>("model-dir") { Description = "Hugging Face model directory (config.json + model.safetensors or a sharded index)." };
+        var output = new Option<string>("--out", "-o") { Description = "Output directory (must not exist or be empty, unless --overwrite).", Required = true };
+        var bits = new Option<double>("--bits", "-b") { Description = "Bits per weight: 2, 3, 4 or 8 (uniform: 2..8), or a fractional average in (2, 4) for LoftQ's mixed precision (first layers 4-bit, the rest 2-bit).", DefaultValueFactory = _ => 4 };
+        var quantizer = new Option<string>("--quantizer", "-q") { Description = "Quantizer: nf (NormalFloat), uniform (symmetric absmax) or uniform-asym (min/max with zero point).", DefaultValueFactory = _ => "nf" };
+        quantizer.AcceptOnlyFromAmong("nf", "uniform", "uniform-asym");
+        var rank = new Option<int>("--rank", "-r") { Description = "LoRA rank r.", DefaultValueFactory = _ => 16 };
+        var iters = new Option<int>("--iters", "-t") { Description = "Alternating passes T (0 = QLoRA baseline, B = 0).", DefaultValueFactory = _ => 5 };
+        var blockSize = new Option<int>("--block-size") { Description = "Values per quantization block.", DefaultValueFactory = _ => 64 };
+        var solver = new Option<string>("--solver") { Description = "Low-rank solver: randomized (fast, warm-started) or exact (full SVD).", DefaultValueFactory = _ => "randomized" };
+        solver.AcceptOnlyFromAmong("randomized", "exact");
+        var alpha = new Option<int?>("--alpha") { Description = "lora_alpha written to the adapter (default: r). B is scaled so Q + (alpha/r)·B·A is unchanged." };
+        var seed = new Option<int>("--seed") { Description = "Seed for the randomized solver and the QLoRA initialisation.", DefaultValueFactory = _ => 0 };
+        var targets = new Option<string[]>("--targets") { Description = "Target modules: names (q_proj v_proj ...) or 're:<regex>' over the module path. Default: the architecture's projections.", AllowMultipleArgumentsPerToken = true };
+        var bitsPattern = new Option<string[]>("--bits-pattern") { Description = "Explicit mixed precision: REGEX=BITS over the tensor name (repeatable, first match wins), e.g. 'layers\\.[0-3]\\.=4'." };
+        var format = new Option<string>("--format") { Description = "Backbone format: peft (dequantized Q in the original dtype) or bnb-nf4 (pre-quantized bitsandbytes NF4).", DefaultValueFactory = _ => "peft" };
+        format.AcceptOnlyFromAmong("peft", "bnb-nf4");
+        var doubleQuant = new Option<bool>("--double-quant") { Description = "With --format bnb-nf4: quantize the absmax values too (bitsandbytes double quantization)." };
+        var threads = new Option<int?>("--threads") { Description = "Threads to use (default: all processors, or LOFTQ_NUM_THREADS)." };
+        var overwrite = new Option<bool>("--overwrite") { Description = "Replace an existing output directory once the new one is complete." };
+        var json = new Option<bool>("--json") { Description = "Print the report as JSON on stdout (progress goes to stderr)." };
+
+        var command = new Command("quantize", "LoftQ-initialise a checkpoint: quantized backbone + PEFT LoRA adapter (loftq_init/) + loftq_report.json.")
+        {
+            model, output, bits, quantizer, rank, iters, blockSize, solver, alpha, seed, targets, bitsPattern, format, doubleQuant, threads, overwrite, json,
+        };
+        command.SetAction(parse => CliApp.Guard(stderr, () =>
+        {
+            var options = new LoftQOptions
+            {
+                Bits = parse.GetValue(bits),
+                Quantizer = parse.GetValue(quantizer) switch
+                {
+                    "uniform" => QuantizerKind.Uniform,
+                    "uniform-asym" => QuantizerKind.UniformAsymmetric,
+                    _ => QuantizerKind.NormalFloat,
+                },
+                Rank = parse.GetValue(rank),
+                Iterations = parse.GetValue(iters),
+                BlockSize = parse.GetValue(blockSize),
+                Solver = parse.GetValue(solver) == "exact" ? SolverKind.Exact : SolverKind.Randomized,
+                Alpha = parse.GetValue(alpha),
+                Seed = parse.GetValue(seed),
+                Targets = parse.GetValue(targets) is { Length: > 0 } t ? t : null,
+                BitsPatterns = ParsePatterns(parse.GetValue(bitsPattern)),
+                Format = parse.GetValue(format) == "bnb-nf4" ? OutputFormat.BitsAndBytesNf4 : OutputFormat.Peft,
+                DoubleQuant = parse.GetValue(doubleQuant),
+                Threads = parse.GetValue(threads),
+                Overwrite = parse.GetValue(overwrite),
+            };
+            return Execute(parse.GetValue(model)!, parse.GetValue(output)!, options, parse.GetValue(json), stdout, stderr, interactive);
+        }));
+        return command;
+    }
+
+    internal static IReadOnlyList<(string Pattern, int Bits)>? ParsePatterns(string[]? values)
+    {
+        if (values is not { Length: > 0 })
+        {
+            return null;
+        }
+
+        var rules = new List<(string, int)>(values.Length);
+        foreach (string value in values)
+        {
+            int eq = value.LastIndexOf('=');
+            if (eq <= 0 || !int.TryParse(value.AsSpan(eq + 1), NumberStyles.Integer, CultureInfo.InvariantCulture, out int b))
+            {
+                throw new ArgumentException($"--bits-pattern '{value}' must look like REGEX=BITS, e.g. 'layers\\.[0-3]\\.=4'.");
+            }
+
+            rules.Add((value[..eq], b));
+        }
+
+        return rules;
+    }
+
+    private static int Execute(string model, string output, LoftQOptions options, bool json, TextWriter stdout, TextWriter stderr, bool? interactive)
+    {
+        bool live = !json && (interactive ?? (!Console.IsOutputRedirected && Environment.GetEnvironmentVariable("CI") is null));
+        IAnsiConsole console = ConsoleFactory.Create(stdout, live);
+        TextWriter lines = json ? stderr : stdout;
+
+        using var cts = new CancellationTokenSource();
+        ConsoleCancelEventHandler onCancel = (_, e) =>
+        {
+            e.Cancel = true;
+            cts.Cancel();
+        };
+        Console.CancelKeyPress += onCancel;
+        try
+        {
+            var queue = new BlockingCollection<LoftQProgress>();
+            var progress = new QueueProgress(queue);
+            var run = Task.Run(() =>
+            {
+                try
+                {
+                    return LoftQ.Initialize(model, output, options, progress, cts.Token);
+                }
+                finally
+                {
+                    queue.CompleteAdding();
+                }
+            });
+
+            if (live)
+            {
+                ShowLiveProgress(console, queue);
+            }
+            else
+            {
+                foreach (LoftQProgress p in queue.GetConsumingEnumerable())
+                {
+                    WritePlain(lines, p);
+                }
+            }
+
+            LoftQReport report = run.GetAwaiter().GetResult();
+            if (json)
+            {
+                stdout.WriteLine(report.ToJson());
+            }
+            else
+            {
+                Summary.Write(console, report);
+            }
+
+            return ExitCodes.Ok;
+        }
+        finally
+        {
+            Console.CancelKeyPress -= onCancel;
+        }
+    }
+
+    private static void ShowLiveProgress(IAnsiConsole console, BlockingCollection<LoftQProgress> queue)
+    {
+        console.Progress()
+            .AutoClear(false)
+            .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new ElapsedTimeColumn(), new RemainingTimeColumn(), new SpinnerColumn())
+            .Start(ctx =>
+            {
+                ProgressTask task = ctx.AddTask("LoftQ", autoStart: true, maxValue: 1);
+                foreach (LoftQProgress p in queue.GetConsumingEnumerable())
+                {
+                    // Spectre's progress is not thread-safe: every update happens here, on this one thread.
+                    switch (p.Kind)
+                    {
+                        case LoftQProgressKind.Started:
+                            task.MaxValue = Math.Max(1, p.Total);
+                            break;
+                        case LoftQProgressKind.LayerCompleted:
+                            task.Value = p.Completed;
+                            task.Description = Markup.Escape(ShortName(p.Layer!.Name));
+                            break;
+                        case LoftQProgressKind.ShardWritten:
+                            task.Description = Markup.Escape($"wrote {p.Message}");
+                            break;
+                        case LoftQProgressKind.Completed:
+                            task.Value = task.MaxValue;
+                            task.Description = "done";
+                            break;
+                    }
+                }
+            });
+    }
+
+    private static void WritePlain(TextWriter writer, LoftQProgress p)
+    {
+        switch (p.Kind)
+        {
+            case LoftQProgressKind.Started:
+                writer.WriteLine($"LoftQ: {p.Total} target matrices");
+                break;
+            case LoftQProgressKind.LayerCompleted:
+                LayerReport l = p.Layer!;
+                string width = p.Total.ToString(CultureInfo.InvariantCulture);
+                writer.WriteLine(string.Create(CultureInfo.InvariantCulture, $"[{p.Completed.ToString(CultureInfo.InvariantCulture).PadLeft(width.Length)}/{width}] {l.Name} {l.Quantizer} [{l.Shape[0]}x{l.Shape[1]}] QLoRA {l.QLoRAError:F4} -> LoftQ {l.RelativeError:F4} ({l.Seconds:F2} s)"));
+                break;
+            case LoftQProgressKind.ShardWritten:
+                writer.WriteLine($"wrote {p.Message}");
+                break;
+            case LoftQProgressKind.Completed:
+                break;
+        }
+    }
+
+    private static string ShortName(string name) => name.EndsWith(".weight", StringComparison.Ordinal) ? name[..^7] : name;
+
+    private sealed class QueueProgress(BlockingCollection<LoftQProgress> queue) : IProgress<LoftQProgress>
+    {
+        public void Report(LoftQProgress value) => queue.Add(value);
+    }
+}

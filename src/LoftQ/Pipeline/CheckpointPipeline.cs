@@ -1,0 +1,444 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using System.Globalization;
+using System.Runtime.InteropServices;
+using System.Text.Json.Nodes;
+using LoftQNet.IO;
+using LoftQNet.LowRank;
+using LoftQNet.Numerics;
+using LoftQNet.Optimization;
+using LoftQNet.Quantization;
+
+namespace LoftQNet.Pipeline;
+
+/// <summary>
+/// The model-level run: streams a Hugging Face checkpoint shard by shard, LoftQ-initialises every target matrix
+/// (several at once when they are small, one at a time with multi-threaded kernels when they are large), and
+/// writes the backbone, the PEFT adapter and the report into a staging directory that is moved into place last.
+/// </summary>
+internal static class CheckpointPipeline
+{
+    /// <summary>Targets at most this large run several at a time, each single-threaded.</summary>
+    private const long LayerParallelMaxElements = 4L << 20;
+
+    private const string IndexFileName = "model.safetensors.index.json";
+
+    public static LoftQReport Run(
+        string modelDirectory, string outputDirectory, LoftQOptions options,
+        IProgress<LoftQProgress>? progress, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        Validate(options);
+        var clock = Stopwatch.StartNew();
+        if (!Directory.Exists(modelDirectory))
+        {
+            throw new DirectoryNotFoundException($"Model directory '{modelDirectory}' does not exist.");
+        }
+
+        int previousThreads = ComputeSettings.MaxThreads;
+        if (options.Threads is int threads)
+        {
+            ComputeSettings.MaxThreads = threads;
+        }
+
+        try
+        {
+            using HuggingFaceCheckpoint checkpoint = HuggingFaceCheckpoint.Open(modelDirectory);
+            IReadOnlyList<string> targets = TargetSelector.Select(checkpoint, options.Targets);
+            var targetSet = new HashSet<string>(targets, StringComparer.Ordinal);
+            bool fanInFanOut = checkpoint.Config.FanInFanOut;
+            IQuantizationPolicy policy = BuildPolicy(options, checkpoint.Config.NumHiddenLayers);
+            CheckTargets(checkpoint, targets, options, policy, fanInFanOut);
+
+            using OutputStaging staging = OutputStaging.Create(outputDirectory, modelDirectory, options.Overwrite);
+            progress?.Report(new LoftQProgress(LoftQProgressKind.Started, 0, targets.Count));
+
+            var layers = new List<LayerReport>(targets.Count);
+            var adapters = new List<LoraTensors>(targets.Count);
+            var weightMap = new SortedDictionary<string, string>(StringComparer.Ordinal);
+            long totalBytes = 0;
+            int done = 0;
+            try
+            {
+                foreach (string shard in checkpoint.ShardFiles)
+                {
+                    cancellationToken.ThrowIfCancellationRequested();
+                    SafeTensorsFile file = checkpoint.OpenShard(shard);
+                    List<SafeTensorInfo> shardTargets = file.Tensors.Where(t => targetSet.Contains(t.Name)).ToList();
+                    Dictionary<string, TargetOutput> outputs = ProcessTargets(
+                        file, shardTargets, options, policy, fanInFanOut, cancellationToken,
+                        output =>
+                        {
+                            int completed = Interlocked.Increment(ref done);
+                            progress?.Report(new LoftQProgress(LoftQProgressKind.LayerCompleted, completed, targets.Count, output.Report));
+                        });
+
+                    var entries = new List<SafeTensorEntry>(file.Tensors.Count);
+                    foreach (SafeTensorInfo info in file.Tensors)
+                    {
+                        if (outputs.TryGetValue(info.Name, out TargetOutput? output))
+                        {
+                            entries.AddRange(output.BackboneEntries);
+                            layers.Add(output.Report);
+                            adapters.Add(output.Adapter);
+                        }
+                        else
+                        {
+                            entries.Add(new SafeTensorEntry(info.Name, info.DType, info.Shape, file.GetBytes(info.Name).ToArray()));
+                        }
+                    }
+
+                    foreach (SafeTensorEntry entry in entries)
+                    {
+                        weightMap[entry.Name] = shard;
+                        totalBytes += entry.Data.Length;
+                    }
+
+                    SafeTensorsWriter.Write(Path.Combine(staging.Path, shard), entries, file.Metadata);
+                    progress?.Report(new LoftQProgress(LoftQProgressKind.ShardWritten, done, targets.Count, Message: shard));
+                }
+
+                cancellationToken.ThrowIfCancellationRequested();
+                if (checkpoint.IsSharded)
+                {
+                    WriteIndex(staging.Path, checkpoint, weightMap, totalBytes);
+                }
+
+                CopyOtherFiles(modelDirectory, staging.Path, checkpoint.Config, options);
+                WriteAdapter(staging.Path, modelDirectory, options, adapters, fanInFanOut);
+                var report = new LoftQReport
+                {
+                    Model = Path.GetFullPath(modelDirectory),
+                    Output = staging.Target,
+                    Settings = Describe(options, policy),
+                    Layers = layers,
+                    Seconds = clock.Elapsed.TotalSeconds,
+                };
+                AtomicFile.WriteAllText(Path.Combine(staging.Path, "loftq_report.json"), report.ToJson());
+                cancellationToken.ThrowIfCancellationRequested();
+                staging.Commit();
+                progress?.Report(new LoftQProgress(LoftQProgressKind.Completed, done, targets.Count, Message: staging.Target));
+                return report with { Seconds = clock.Elapsed.TotalSeconds };
+            }
+            finally
+            {
+                foreach (LoraTensors adapter in adapters)
+                {
+                    adapter.A.Dispose();
+                    adapter.B.Dispose();
+                }
+            }
+        }
+        finally
+        {
+            ComputeSettings.MaxThreads = previousThreads;
+        }
+    }
+
+    internal static void Validate(LoftQOptions o)
+    {
+        if (o.Rank < 1)
+        {
+            throw new ArgumentException($"--rank must be at least 1, got {o.Rank}.", nameof(o.Rank));
+        }
+
+        if (o.Iterations < 0)
+        {
+            throw new ArgumentException($"--iters must be 0 (QLoRA) or more, got {o.Iterations}.", nameof(o.Iterations));
+        }
+
+        if (o.BlockSize is < 2 or > 1 << 20)
+        {
+            throw new ArgumentException($"--block-size must be in 2..1048576, got {o.BlockSize}.", nameof(o.BlockSize));
+        }
+
+        if (o.Alpha is int alpha && alpha < 1)
+        {
+            throw new ArgumentException($"--alpha must be a positive integer, got {alpha}.", nameof(o.Alpha));
+        }
+
+        if (o.Threads is int t && t < 1)
+        {
+            throw new ArgumentException($"--threads must be at least 1, got {t}.", nameof(o.Threads));
+        }
+
+        if (o.Policy is null)
+        {
+            bool whole = o.Bits == Math.Floor(o.Bits);
+            if (whole && !IsSupportedBits(o.Quantizer, (int)o.Bits))
+            {
+                throw new ArgumentException($"--bits {o.Bits} is not supported by the {QuantizerFlag(o.Quantizer)} quantizer ({SupportedBitsText(o.Quantizer)}).", nameof(o.Bits));
+            }
+
+            if (!whole && !(o.Bits > 2 && o.Bits < 4))
+            {
+                throw new ArgumentException($"--bits {o.Bits}: a fractional value selects LoftQ's mixed precision and must lie between 2 and 4.", nameof(o.Bits));
+            }
+
+            foreach ((string pattern, int bits) in o.BitsPatterns ?? [])
+            {
+                if (!IsSupportedBits(o.Quantizer, bits))
+                {
+                    throw new ArgumentException($"--bits-pattern '{pattern}={bits}': {bits} bits is not supported by the {QuantizerFlag(o.Quantizer)} quantizer ({SupportedBitsText(o.Quantizer)}).", nameof(o.BitsPatterns));
+                }
+            }
+        }
+
+        if (o.DoubleQuant && o.Format != OutputFormat.BitsAndBytesNf4)
+        {
+            throw new ArgumentException("--double-quant applies only to --format bnb-nf4.", nameof(o.DoubleQuant));
+        }
+    }
+
+    private static bool IsSupportedBits(QuantizerKind kind, int bits) =>
+        kind == QuantizerKind.NormalFloat ? bits is 2 or 3 or 4 or 8 : bits is >= 2 and <= 8;
+
+    private static string SupportedBitsText(QuantizerKind kind) =>
+        kind == QuantizerKind.NormalFloat ? "2, 3, 4 or 8" : "2 to 8";
+
+    private static string QuantizerFlag(QuantizerKind kind) => kind switch
+    {
+        QuantizerKind.NormalFloat => "nf",
+        QuantizerKind.Uniform => "uniform",
+        _ => "uniform-asym",
+    };
+
+    internal static IQuantizer CreateQuantizer(QuantizerKind kind, int bits, int blockSize) => kind switch
+    {
+        QuantizerKind.NormalFloat => new NormalFloatQuantizer(bits, blockSize),
+        QuantizerKind.Uniform => new UniformQuantizer(bits, blockSize),
+        _ => new UniformQuantizer(bits, blockSize, asymmetric: true),
+    };
+
+    internal static IQuantizationPolicy BuildPolicy(LoftQOptions o, int layerCount)
+    {
+        if (o.Policy is not null)
+        {
+            return o.Policy;
+        }
+
+        var cache = new ConcurrentDictionary<int, IQuantizer>();
+        IQuantizer ForBits(int bits) => cache.GetOrAdd(bits, b => CreateQuantizer(o.Quantizer, b, o.BlockSize));
+        IQuantizationPolicy basePolicy = o.Bits == Math.Floor(o.Bits)
+            ? QuantizationPolicies.Uniform(ForBits((int)o.Bits))
+            : QuantizationPolicies.FromAverageBits(o.Bits, layerCount, ForBits);
+        if (o.BitsPatterns is not { Count: > 0 } patterns)
+        {
+            return basePolicy;
+        }
+
+        return QuantizationPolicies.FromPatterns(patterns.Select(p => (p.Pattern, ForBits(p.Bits))), basePolicy);
+    }
+
+    private static void CheckTargets(
+        HuggingFaceCheckpoint checkpoint, IReadOnlyList<string> targets, LoftQOptions options,
+        IQuantizationPolicy policy, bool fanInFanOut)
+    {
+        foreach (string name in targets)
+        {
+            SafeTensorInfo info = checkpoint.GetInfo(name);
+            if (info.Shape.Length != 2)
+            {
+                throw new ArgumentException($"Target tensor '{name}' has shape [{string.Join(", ", info.Shape)}]; only 2-D weights can be LoftQ-initialised.");
+            }
+
+            if (info.DType is not (SafeTensorDType.F32 or SafeTensorDType.F16 or SafeTensorDType.BF16))
+            {
+                throw new ArgumentException($"Target tensor '{name}' is {info.DType}; LoftQ needs a floating-point weight (F32, F16 or BF16).");
+            }
+
+            long outFeatures = fanInFanOut ? info.Shape[1] : info.Shape[0];
+            long inFeatures = fanInFanOut ? info.Shape[0] : info.Shape[1];
+            if (options.Rank > Math.Min(outFeatures, inFeatures))
+            {
+                throw new ArgumentException($"--rank {options.Rank} is larger than min(out, in) = {Math.Min(outFeatures, inFeatures)} of target tensor '{name}' [{outFeatures}, {inFeatures}].");
+            }
+
+            if (options.Format == OutputFormat.BitsAndBytesNf4)
+            {
+                IQuantizer q = policy.Select(name);
+                if (q is not NormalFloatQuantizer { Bits: 4 })
+                {
+                    throw new ArgumentException($"--format bnb-nf4 needs NF4 for every target, but '{name}' gets {q.Name}.");
+                }
+
+                if (fanInFanOut)
+                {
+                    throw new ArgumentException($"--format bnb-nf4 is not supported for {checkpoint.Config.ModelType} (fan-in-fan-out Conv1D weights); use --format peft.");
+                }
+            }
+        }
+    }
+
+    private static Dictionary<string, TargetOutput> ProcessTargets(
+        SafeTensorsFile file, List<SafeTensorInfo> targets, LoftQOptions options, IQuantizationPolicy policy,
+        bool fanInFanOut, CancellationToken cancellationToken, Action<TargetOutput> completed)
+    {
+        var outputs = new ConcurrentDictionary<string, TargetOutput>(StringComparer.Ordinal);
+        long largest = targets.Count == 0 ? 0 : targets.Max(t => t.ElementCount);
+        int threads = largest <= LayerParallelMaxElements ? ComputeSettings.ThreadsFor(targets.Count, 1) : 1;
+        try
+        {
+            ComputeSettings.ParallelFor(targets.Count, threads, i =>
+            {
+                cancellationToken.ThrowIfCancellationRequested();
+                TargetOutput output = ProcessTarget(file, targets[i], options, policy, fanInFanOut);
+                outputs[targets[i].Name] = output;
+                completed(output);
+            });
+        }
+        catch (AggregateException e)
+        {
+            // Surface the first real failure (a bad tensor, a cancellation) rather than the wrapper.
+            System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(e.Flatten().InnerExceptions[0]).Throw();
+            throw;
+        }
+        return new Dictionary<string, TargetOutput>(outputs, StringComparer.Ordinal);
+    }
+
+    private static TargetOutput ProcessTarget(
+        SafeTensorsFile file, SafeTensorInfo info, LoftQOptions options, IQuantizationPolicy policy, bool fanInFanOut)
+    {
+        var clock = Stopwatch.StartNew();
+        int rows = (int)info.Shape[0], cols = (int)info.Shape[1];
+        using Matrix stored = Matrix.Uninitialized(rows, cols);
+        file.ReadAsSingle(info.Name, stored.Span);
+        using Matrix weight = fanInFanOut ? stored.Transpose() : stored.Clone();
+        IQuantizer quantizer = policy.Select(info.Name);
+        ILowRankSolver solver = options.Solver == SolverKind.Exact
+            ? new ExactSvdSolver()
+            : new RandomizedSvdSolver(seed: LayerSeed(options.Seed, info.Name));
+        var optimizer = new AlternatingOptimizer(quantizer, solver) { Seed = LayerSeed(options.Seed, info.Name) };
+        using LoftQResult result = optimizer.Run(weight, options.Rank, options.Iterations);
+
+        var entries = new List<SafeTensorEntry>();
+        if (options.Format == OutputFormat.BitsAndBytesNf4)
+        {
+            entries.AddRange(BitsAndBytesNf4.CreateEntries(info.Name, result.Quantized, TorchDTypeName(info.DType), options.DoubleQuant));
+        }
+        else
+        {
+            using Matrix q = Matrix.Uninitialized(weight.Rows, weight.Columns);
+            quantizer.Dequantize(result.Quantized, q.Span);
+            using Matrix backbone = fanInFanOut ? q.Transpose() : q.Clone();
+            entries.Add(SafeTensorEntry.FromSingle(info.Name, info.Shape, backbone.Span, info.DType));
+        }
+
+        // PEFT adds (alpha / r)·B·A: store B·r/alpha so the sum reproduces the optimizer's Q + B·A.
+        int alpha = options.Alpha ?? options.Rank;
+        Matrix b = result.B.Clone();
+        float compensation = (float)options.Rank / alpha;
+        if (compensation != 1f)
+        {
+            System.Numerics.Tensors.TensorPrimitives.Multiply(b.Span, compensation, b.Span);
+        }
+
+        string modulePath = info.Name.EndsWith(".weight", StringComparison.Ordinal) ? info.Name[..^".weight".Length] : info.Name;
+        var report = new LayerReport
+        {
+            Name = info.Name,
+            Shape = [weight.Rows, weight.Columns],
+            Quantizer = quantizer.Name,
+            Bits = quantizer.Bits,
+            QLoRAError = result.QLoRAError,
+            ErrorTrace = result.ErrorTrace.ToArray(),
+            BestPass = result.BestPass,
+            RelativeError = result.RelativeError,
+            Seconds = clock.Elapsed.TotalSeconds,
+        };
+        return new TargetOutput(entries, new LoraTensors(modulePath, result.A.Clone(), b), report);
+    }
+
+    /// <summary>A per-layer seed that depends only on the run's seed and the tensor name (not on scheduling).</summary>
+    internal static int LayerSeed(int seed, string name)
+    {
+        uint h = 2166136261;
+        foreach (char c in name)
+        {
+            h = (h ^ c) * 16777619;
+        }
+
+        return (int)(h ^ (uint)seed);
+    }
+
+    private static string TorchDTypeName(SafeTensorDType dtype) => dtype switch
+    {
+        SafeTensorDType.BF16 => "bfloat16",
+        SafeTensorDType.F16 => "float16",
+        _ => "float32",
+    };
+
+    private static void WriteIndex(string directory, HuggingFaceCheckpoint checkpoint, SortedDictionary<string, string> weightMap, long totalBytes)
+    {
+        var metadata = new JsonObject();
+        foreach (KeyValuePair<string, string> kv in checkpoint.IndexMetadata ?? new Dictionary<string, string>())
+        {
+            metadata[kv.Key] = long.TryParse(kv.Value, NumberStyles.Integer, CultureInfo.InvariantCulture, out long n) ? n : kv.Value;
+        }
+
+        metadata["total_size"] = totalBytes;
+        var map = new JsonObject();
+        foreach (KeyValuePair<string, string> kv in weightMap)
+        {
+            map[kv.Key] = kv.Value;
+        }
+
+        var index = new JsonObject { ["metadata"] = metadata, ["weight_map"] = map };
+        AtomicFile.WriteAllText(Path.Combine(directory, IndexFileName), index.ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true }) + "\n");
+    }
+
+    private static void CopyOtherFiles(string modelDirectory, string outputDirectory, ModelConfig config, LoftQOptions options)
+    {
+        foreach (string source in Directory.EnumerateFiles(modelDirectory))
+        {
+            string name = Path.GetFileName(source);
+            if (name.EndsWith(".safetensors", StringComparison.Ordinal) || name == IndexFileName)
+            {
+                continue;
+            }
+
+            string destination = Path.Combine(outputDirectory, name);
+            if (name == "config.json" && options.Format == OutputFormat.BitsAndBytesNf4)
+            {
+                JsonObject quantization = BitsAndBytesNf4.QuantizationConfig(options.DoubleQuant, config.TorchDType ?? "float32");
+                AtomicFile.WriteAllText(destination, config.ToJson(quantization) + "\n");
+            }
+            else
+            {
+                File.Copy(source, destination);
+            }
+        }
+    }
+
+    private static void WriteAdapter(string outputDirectory, string modelDirectory, LoftQOptions options, List<LoraTensors> adapters, bool fanInFanOut)
+    {
+        var config = new PeftAdapterConfig(
+            options.Rank,
+            options.Alpha ?? options.Rank,
+            PeftAdapterConfig.TargetModulesFor(adapters.Select(a => a.ModulePath)),
+            Path.GetFullPath(modelDirectory),
+            fanInFanOut);
+        PeftAdapterWriter.Write(Path.Combine(outputDirectory, "loftq_init"), config, adapters);
+    }
+
+    private static Dictionary<string, string> Describe(LoftQOptions o, IQuantizationPolicy policy)
+    {
+        return new Dictionary<string, string>(StringComparer.Ordinal)
+        {
+            ["bits"] = o.Bits.ToString(CultureInfo.InvariantCulture),
+            ["quantizer"] = QuantizerFlag(o.Quantizer),
+            ["policy"] = policy.Describe(),
+            ["rank"] = o.Rank.ToString(CultureInfo.InvariantCulture),
+            ["iters"] = o.Iterations.ToString(CultureInfo.InvariantCulture),
+            ["block_size"] = o.BlockSize.ToString(CultureInfo.InvariantCulture),
+            ["solver"] = o.Solver == SolverKind.Exact ? "exact" : "randomized",
+            ["alpha"] = (o.Alpha ?? o.Rank).ToString(CultureInfo.InvariantCulture),
+            ["seed"] = o.Seed.ToString(CultureInfo.InvariantCulture),
+            ["format"] = o.Format == OutputFormat.BitsAndBytesNf4 ? "bnb-nf4" : "peft",
+            ["double_quant"] = o.DoubleQuant ? "true" : "false",
+            ["threads"] = ComputeSettings.MaxThreads.ToString(CultureInfo.InvariantCulture),
+        };
+    }
+
+    private sealed record TargetOutput(List<SafeTensorEntry> BackboneEntries, LoraTensors Adapter, LayerReport Report);
+}

@@ -1,0 +1,88 @@
+using LoftQNet.Quantization;
+
+namespace LoftQNet.Pipeline;
+
+/// <summary>Which quantizer family the pipeline builds for each target.</summary>
+public enum QuantizerKind
+{
+    /// <summary>Blockwise NormalFloat (NF2/NF3/NF4/NF8).</summary>
+    NormalFloat,
+
+    /// <summary>Blockwise uniform, symmetric absmax.</summary>
+    Uniform,
+
+    /// <summary>Blockwise uniform, asymmetric min/max with a per-block offset.</summary>
+    UniformAsymmetric,
+}
+
+/// <summary>Which low-rank solver the pipeline uses.</summary>
+public enum SolverKind
+{
+    /// <summary>Randomized SVD (Halko–Martinsson–Tropp), warm-started across passes. Fast.</summary>
+    Randomized,
+
+    /// <summary>Full SVD (Math.NET). Exact, slow for large matrices.</summary>
+    Exact,
+}
+
+/// <summary>The layout of the quantized backbone the pipeline writes.</summary>
+public enum OutputFormat
+{
+    /// <summary>The backbone holds the dequantized Q in each target's original dtype (LoftQ's Hugging Face releases).</summary>
+    Peft,
+
+    /// <summary>The backbone holds pre-quantized bitsandbytes NF4 tensors that transformers loads without re-quantizing.</summary>
+    BitsAndBytesNf4,
+}
+
+/// <summary>Options for <see cref="LoftQ.Initialize(string, string, LoftQOptions?, IProgress{LoftQProgress}?, CancellationToken)"/>.</summary>
+public sealed record LoftQOptions
+{
+    /// <summary>
+    /// Bits per weight: 2, 3, 4 or 8 for every target, or a fractional average in (2, 4) for LoftQ's mixed
+    /// precision (the first decoder layers get 4 bits, the rest 2). Ignored when <see cref="Policy"/> is set.
+    /// </summary>
+    public double Bits { get; init; } = 4;
+
+    /// <summary>The quantizer family.</summary>
+    public QuantizerKind Quantizer { get; init; } = QuantizerKind.NormalFloat;
+
+    /// <summary>LoRA rank r.</summary>
+    public int Rank { get; init; } = 16;
+
+    /// <summary>Alternating passes T (0 = the QLoRA baseline: B = 0).</summary>
+    public int Iterations { get; init; } = 5;
+
+    /// <summary>Values per quantization block.</summary>
+    public int BlockSize { get; init; } = 64;
+
+    /// <summary>The low-rank solver.</summary>
+    public SolverKind Solver { get; init; } = SolverKind.Randomized;
+
+    /// <summary>LoRA alpha written to the adapter; <c>null</c> means alpha = r. B is divided by alpha/r so that Q + (alpha/r)·B·A reproduces the optimizer's result.</summary>
+    public int? Alpha { get; init; }
+
+    /// <summary>Seed for the randomized solver and the QLoRA initialisation of A.</summary>
+    public int Seed { get; init; }
+
+    /// <summary>Target modules: module names (e.g. <c>q_proj</c>) or <c>re:</c>-prefixed regular expressions over the module path; <c>null</c> = the architecture's defaults.</summary>
+    public IReadOnlyList<string>? Targets { get; init; }
+
+    /// <summary>Explicit mixed precision: (regex over the tensor name, bits) rules, first match wins; unmatched targets use <see cref="Bits"/>.</summary>
+    public IReadOnlyList<(string Pattern, int Bits)>? BitsPatterns { get; init; }
+
+    /// <summary>A custom per-tensor quantizer policy; overrides <see cref="Bits"/>, <see cref="Quantizer"/> and <see cref="BitsPatterns"/>.</summary>
+    public IQuantizationPolicy? Policy { get; init; }
+
+    /// <summary>The backbone layout.</summary>
+    public OutputFormat Format { get; init; } = OutputFormat.Peft;
+
+    /// <summary>With <see cref="OutputFormat.BitsAndBytesNf4"/>: quantize the absmax values too (bitsandbytes double quantization).</summary>
+    public bool DoubleQuant { get; init; }
+
+    /// <summary>Threads to use; <c>null</c> = <see cref="Numerics.ComputeSettings.MaxThreads"/>.</summary>
+    public int? Threads { get; init; }
+
+    /// <summary>Replace an existing non-empty output directory (atomically, only once the new one is complete).</summary>
+    public bool Overwrite { get; init; }
+}

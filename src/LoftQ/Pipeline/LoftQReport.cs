@@ -1,0 +1,88 @@
+using System.Text.Json;
+using System.Text.Json.Serialization;
+
+namespace LoftQNet.Pipeline;
+
+/// <summary>What the optimizer did to one target matrix.</summary>
+public sealed record LayerReport
+{
+    /// <summary>The weight tensor's name, e.g. <c>model.layers.0.self_attn.q_proj.weight</c>.</summary>
+    public required string Name { get; init; }
+
+    /// <summary>Shape as [out, in] (after undoing a fan-in-fan-out layout).</summary>
+    public required int[] Shape { get; init; }
+
+    /// <summary>The quantizer used, e.g. <c>nf2</c>.</summary>
+    public required string Quantizer { get; init; }
+
+    /// <summary>Bits per weight of the quantizer.</summary>
+    public required int Bits { get; init; }
+
+    /// <summary>‖W − q(W)‖/‖W‖: the QLoRA baseline.</summary>
+    public required double QLoRAError { get; init; }
+
+    /// <summary>‖W − Q − B·A‖/‖W‖ after each pass.</summary>
+    public required double[] ErrorTrace { get; init; }
+
+    /// <summary>The pass whose Q, A, B were kept (1-based; 0 for the QLoRA baseline).</summary>
+    public required int BestPass { get; init; }
+
+    /// <summary>The kept pass's relative error.</summary>
+    public required double RelativeError { get; init; }
+
+    /// <summary>Wall-clock seconds spent on this matrix.</summary>
+    public required double Seconds { get; init; }
+}
+
+/// <summary>The summary of a checkpoint run, also written to <c>loftq_report.json</c>.</summary>
+public sealed record LoftQReport
+{
+    /// <summary>The model directory read.</summary>
+    public required string Model { get; init; }
+
+    /// <summary>The output directory written.</summary>
+    public required string Output { get; init; }
+
+    /// <summary>The options, in the words of the CLI.</summary>
+    public required IReadOnlyDictionary<string, string> Settings { get; init; }
+
+    /// <summary>One entry per target, in checkpoint order.</summary>
+    public required IReadOnlyList<LayerReport> Layers { get; init; }
+
+    /// <summary>Mean over targets of the QLoRA error.</summary>
+    public double MeanQLoRAError => Layers.Count == 0 ? 0 : Layers.Average(l => l.QLoRAError);
+
+    /// <summary>Mean over targets of the LoftQ error (kept pass).</summary>
+    public double MeanLoftQError => Layers.Count == 0 ? 0 : Layers.Average(l => l.RelativeError);
+
+    /// <summary>Average bits per target weight.</summary>
+    public double AverageBits
+    {
+        get
+        {
+            double weights = Layers.Sum(l => (double)l.Shape[0] * l.Shape[1]);
+            return weights == 0 ? 0 : Layers.Sum(l => (double)l.Shape[0] * l.Shape[1] * l.Bits) / weights;
+        }
+    }
+
+    /// <summary>Wall-clock seconds for the whole run, writing included.</summary>
+    public required double Seconds { get; init; }
+
+    /// <summary>Serialises the report as indented JSON (snake_case keys).</summary>
+    public string ToJson() => JsonSerializer.Serialize(this, ReportJsonContext.Default.LoftQReport);
+
+    /// <summary>Reads a report written by <see cref="ToJson"/>.</summary>
+    /// <exception cref="JsonException">The text is not a report.</exception>
+    public static LoftQReport FromJson(string json) =>
+        JsonSerializer.Deserialize(json, ReportJsonContext.Default.LoftQReport)
+        ?? throw new JsonException("The report JSON is null.");
+}
+
+[JsonSourceGenerationOptions(
+    WriteIndented = true,
+    PropertyNamingPolicy = JsonKnownNamingPolicy.SnakeCaseLower,
+    NumberHandling = JsonNumberHandling.AllowNamedFloatingPointLiterals)]
+[JsonSerializable(typeof(LoftQReport))]
+internal sealed partial class ReportJsonContext : JsonSerializerContext
+{
+}

@@ -1,0 +1,118 @@
+using System.Text.Json.Nodes;
+using LoftQNet.Cli;
+
+namespace LoftQNet.Tests.Cli;
+
+public sealed class CliTests
+{
+    private static (int Code, string Out, string Err) Run(params string[] args)
+    {
+        var stdout = new StringWriter();
+        var stderr = new StringWriter();
+        int code = CliApp.Run(args, stdout, stderr, interactive: false);
+        return (code, stdout.ToString(), stderr.ToString());
+    }
+
+    [Fact]
+    public void Quantize_writes_the_output_prints_per_layer_lines_and_a_summary()
+    {
+        using var dir = new TempDirectory();
+        string output = dir.Combine("out");
+        (int code, string stdout, string stderr) = Run("quantize", TestData.Model, "--out", output, "--bits", "2", "--rank", "8", "--iters", "2", "--targets", "q_proj", "v_proj");
+        Assert.True(code == 0, stderr);
+        Assert.Contains("[16/16]", stdout, StringComparison.Ordinal);
+        Assert.Contains("model.layers.7.self_attn.v_proj.weight", stdout, StringComparison.Ordinal);
+        Assert.Contains("QLoRA", stdout, StringComparison.Ordinal);
+        Assert.Contains(output, stdout, StringComparison.Ordinal);
+        Assert.True(File.Exists(Path.Combine(output, "loftq_init", "adapter_model.safetensors")));
+        Assert.DoesNotContain("\u001b[", stdout, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Quantize_json_prints_only_the_report_on_stdout()
+    {
+        using var dir = new TempDirectory();
+        (int code, string stdout, string stderr) = Run("quantize", TestData.Model, "--out", dir.Combine("out"), "--bits", "4", "--rank", "4", "--iters", "1", "--targets", "k_proj", "--json");
+        Assert.True(code == 0, stderr);
+        var report = (JsonObject)JsonNode.Parse(stdout)!;
+        Assert.Equal(8, report["layers"]!.AsArray().Count);
+        Assert.Equal("4", report["settings"]!["rank"]!.GetValue<string>());
+        Assert.Contains("[8/8]", stderr, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData("--rank", "0", "--rank")]
+    [InlineData("--bits", "5", "--bits 5")]
+    [InlineData("--rank", "1000", "--rank 1000")]
+    [InlineData("--double-quant", null, "--double-quant")]
+    public void Bad_options_exit_with_2_and_name_the_option(string option, string? value, string expected)
+    {
+        using var dir = new TempDirectory();
+        string output = dir.Combine("out");
+        string[] args = value is null
+            ? ["quantize", TestData.Model, "--out", output, option]
+            : ["quantize", TestData.Model, "--out", output, option, value];
+        (int code, _, string stderr) = Run(args);
+        Assert.Equal(2, code);
+        Assert.Contains(expected, stderr, StringComparison.Ordinal);
+        Assert.False(Directory.Exists(output));
+    }
+
+    [Fact]
+    public void Parse_errors_exit_with_2()
+    {
+        (int code, _, string stderr) = Run("quantize", TestData.Model, "--out", "x", "--solver", "magic");
+        Assert.Equal(2, code);
+        Assert.Contains("magic", stderr, StringComparison.Ordinal);
+        Assert.Equal(2, Run("quantize", TestData.Model).Code);
+        Assert.Equal(2, Run("frobnicate").Code);
+    }
+
+    [Fact]
+    public void Missing_model_exits_with_2_naming_the_directory()
+    {
+        using var dir = new TempDirectory();
+        (int code, _, string stderr) = Run("quantize", dir.Combine("no-model"), "--out", dir.Combine("out"));
+        Assert.Equal(2, code);
+        Assert.Contains("no-model", stderr, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Inspect_lists_every_tensor_of_the_sharded_model_and_validates_it()
+    {
+        (int code, string stdout, string stderr) = Run("inspect", TestData.Model, "--json");
+        Assert.True(code == 0, stderr);
+        var o = (JsonObject)JsonNode.Parse(stdout)!;
+        Assert.Equal(75, o["tensors"]!.GetValue<int>());
+        Assert.Equal(14_358_912, o["elements"]!.GetValue<long>());
+        Assert.Equal(2 * 14_358_912, o["bytes"]!.GetValue<long>());
+        Assert.Equal(56, o["default_targets"]!.GetValue<int>());
+        Assert.True(o["valid"]!.GetValue<bool>());
+
+        (code, stdout, _) = Run("inspect", Path.Combine(TestData.Model, "model-00003-of-00003.safetensors"));
+        Assert.Equal(0, code);
+        Assert.Contains("lm_head.weight", stdout, StringComparison.Ordinal);
+        Assert.Contains("valid", stdout, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Inspect_of_a_corrupt_file_exits_with_2_and_names_the_file()
+    {
+        using var dir = new TempDirectory();
+        string path = dir.Combine("bad.safetensors");
+        byte[] good = File.ReadAllBytes(Path.Combine(TestData.Model, "model-00003-of-00003.safetensors"));
+        File.WriteAllBytes(path, good.AsSpan(0, 4000).ToArray());
+        (int code, _, string stderr) = Run("inspect", path);
+        Assert.Equal(2, code);
+        Assert.Contains("bad.safetensors", stderr, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Describe_names_the_backend_simd_and_threads()
+    {
+        (int code, string stdout, _) = Run("describe");
+        Assert.Equal(0, code);
+        Assert.Contains("Vector256", stdout, StringComparison.Ordinal);
+        Assert.Contains("Threads:", stdout, StringComparison.Ordinal);
+    }
+}
