@@ -176,11 +176,7 @@ internal static class Gemm
                         ComputeSettings.ParallelFor(packTasks, packTasks, t =>
                         {
                             (int p0, int p1) = Split(panels, packTasks, t);
-                            for (int p = p0; p < p1; p++)
-                            {
-                                int j0 = jcLocal + (p * nr);
-                                PackB((float*)ib, ldb, transB, pcLocal, kc, j0, Math.Min(nr, n - j0), nr, (float*)ibPack + ((nint)p * kc * nr));
-                            }
+                            PackBPanels((float*)ib, ldb, transB, pcLocal, kc, jcLocal, p0, p1, n, nr, (float*)ibPack);
                         });
 
                         // Split M into MC blocks and, when there are fewer blocks than threads, N into panel groups.
@@ -198,12 +194,7 @@ internal static class Gemm
                             {
                                 fixed (float* aPack = aPackArray)
                                 {
-                                    int slabs = (mcRows + mr - 1) / mr;
-                                    for (int s = 0; s < slabs; s++)
-                                    {
-                                        int r0 = i0 + (s * mr);
-                                        PackA((float*)ia, lda, transA, r0, Math.Min(mr, m - r0), pcLocal, kc, mr, aPack + ((nint)s * kc * mr));
-                                    }
+                                    PackABlock((float*)ia, lda, transA, i0, mcRows, pcLocal, kc, mr, aPack);
 
                                     MacroKernel<TKernel>(
                                         aPack, (float*)ibPack, kc, i0, mcRows, jcLocal, g0, g1, n,
@@ -254,13 +245,26 @@ internal static class Gemm
                 int rows = Math.Min(mr, mcRows - r0);
                 float* aPanel = aPack + ((nint)(r0 / mr) * kc * mr);
                 float* cTile = c + ((nint)(i0 + r0) * ldc) + j0;
+                bool narrow = cols <= nr / 2;
                 if (rows == mr && cols == nr)
                 {
                     TKernel.Run(kc, aPanel, bPanel, cTile, ldc, alpha, beta);
                 }
+                else if (narrow && rows == mr && cols == nr / 2)
+                {
+                    TKernel.RunNarrow(kc, aPanel, bPanel, cTile, ldc, alpha, beta);
+                }
                 else
                 {
-                    TKernel.Run(kc, aPanel, bPanel, tile, nr, 1f, 0f);
+                    if (narrow)
+                    {
+                        TKernel.RunNarrow(kc, aPanel, bPanel, tile, nr, 1f, 0f);
+                    }
+                    else
+                    {
+                        TKernel.Run(kc, aPanel, bPanel, tile, nr, 1f, 0f);
+                    }
+
                     for (int r = 0; r < rows; r++)
                     {
                         float* src = tile + (r * nr);
@@ -275,12 +279,111 @@ internal static class Gemm
         }
     }
 
+    /// <summary>
+    /// Packs op(A)[i0:i0+rows, p0:p0+kc] as consecutive MR-row slabs (slab s at dst + s·kc·mr). For a transposed A
+    /// the stored rows are walked in order (p outer) so the reads stream through memory.
+    /// </summary>
+    internal static unsafe void PackABlock(float* a, int lda, bool transA, int i0, int rows, int p0, int kc, int mr, float* dst)
+    {
+        int slabs = (rows + mr - 1) / mr;
+        if (!transA)
+        {
+            for (int s = 0; s < slabs; s++)
+            {
+                PackA(a, lda, transA: false, i0 + (s * mr), Math.Min(mr, rows - (s * mr)), p0, kc, mr, dst + ((nint)s * kc * mr));
+            }
+
+            return;
+        }
+
+        bool vector8 = mr == 8 && Vector256.IsHardwareAccelerated;
+        for (int p = 0; p < kc; p++)
+        {
+            float* src = a + ((nint)(p0 + p) * lda) + i0;
+            for (int s = 0; s < slabs; s++)
+            {
+                float* d = dst + ((nint)s * kc * mr) + ((nint)p * mr);
+                int r0 = s * mr, count = Math.Min(mr, rows - r0);
+                if (vector8 && count == 8)
+                {
+                    Vector256.Store(Vector256.Load(src + r0), d);
+                    continue;
+                }
+
+                int r = 0;
+                for (; r < count; r++)
+                {
+                    d[r] = src[r0 + r];
+                }
+
+                for (; r < mr; r++)
+                {
+                    d[r] = 0f;
+                }
+            }
+        }
+    }
+
+    /// <summary>
+    /// Packs the micro-panels [panelStart, panelEnd) of op(B)[p0:p0+kc, jc:] (panel q at dst + q·kc·nr). For an
+    /// untransposed B the stored rows are walked in order (p outer) so the reads stream through memory.
+    /// </summary>
+    internal static unsafe void PackBPanels(float* b, int ldb, bool transB, int p0, int kc, int jc, int panelStart, int panelEnd, int n, int nr, float* dst)
+    {
+        if (transB)
+        {
+            for (int q = panelStart; q < panelEnd; q++)
+            {
+                int j0 = jc + (q * nr);
+                PackB(b, ldb, transB: true, p0, kc, j0, Math.Min(nr, n - j0), nr, dst + ((nint)q * kc * nr));
+            }
+
+            return;
+        }
+
+        for (int p = 0; p < kc; p++)
+        {
+            float* src = b + ((nint)(p0 + p) * ldb) + jc;
+            for (int q = panelStart; q < panelEnd; q++)
+            {
+                float* d = dst + ((nint)q * kc * nr) + ((nint)p * nr);
+                int j0 = q * nr, count = Math.Min(nr, n - jc - j0);
+                if (count == nr)
+                {
+                    Buffer.MemoryCopy(src + j0, d, nr * sizeof(float), nr * sizeof(float));
+                    continue;
+                }
+
+                int j = 0;
+                for (; j < count; j++)
+                {
+                    d[j] = src[j0 + j];
+                }
+
+                for (; j < nr; j++)
+                {
+                    d[j] = 0f;
+                }
+            }
+        }
+    }
+
     /// <summary>Packs op(A)[r0:r0+rows, p0:p0+kc] as dst[p·mr + r], zero-padding rows up to mr.</summary>
     internal static unsafe void PackA(float* a, int lda, bool transA, int r0, int rows, int p0, int kc, int mr, float* dst)
     {
         if (transA)
         {
             // A is stored k×m: row p of the stored matrix holds op(A)[·, p] contiguously.
+            if (rows == 8 && mr == 8 && Vector256.IsHardwareAccelerated)
+            {
+                for (int p = 0; p < kc; p++)
+                {
+                    Vector256.Store(Vector256.Load(a + ((nint)(p0 + p) * lda) + r0), dst + ((nint)p * 8));
+                }
+
+                return;
+            }
+
             for (int p = 0; p < kc; p++)
             {
                 float* src = a + ((nint)(p0 + p) * lda) + r0;
@@ -399,6 +502,12 @@ internal interface IGemmKernel
 
     /// <summary>Computes and stores one MR×NR tile.</summary>
     static abstract unsafe void Run(int kc, float* a, float* b, float* c, nint ldc, float alpha, float beta);
+
+    /// <summary>
+    /// Computes and stores the left MR×(NR/2) half of a tile (B is still read with row stride NR); used for the
+    /// last, narrow panel so that little work is spent on zero padding.
+    /// </summary>
+    static abstract unsafe void RunNarrow(int kc, float* a, float* b, float* c, nint ldc, float alpha, float beta);
 }
 
 /// <summary>8×32 tile: sixteen Vector512 accumulators.</summary>
@@ -473,6 +582,50 @@ internal readonly struct Kernel512 : IGemmKernel
             Vector512.Store(Vector512.FusedMultiplyAdd(va, v1, vb * Vector512.Load(c + 16)), c + 16);
         }
     }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static unsafe void RunNarrow(int kc, float* a, float* b, float* c, nint ldc, float alpha, float beta)
+    {
+        Vector512<float> c0 = default;
+        Vector512<float> c1 = default;
+        Vector512<float> c2 = default;
+        Vector512<float> c3 = default;
+        Vector512<float> c4 = default;
+        Vector512<float> c5 = default;
+        Vector512<float> c6 = default;
+        Vector512<float> c7 = default;
+        for (int p = 0; p < kc; p++)
+        {
+            Vector512<float> b0 = Vector512.Load(b);
+            c0 = Vector512.FusedMultiplyAdd(Vector512.Create(a[0]), b0, c0);
+            c1 = Vector512.FusedMultiplyAdd(Vector512.Create(a[1]), b0, c1);
+            c2 = Vector512.FusedMultiplyAdd(Vector512.Create(a[2]), b0, c2);
+            c3 = Vector512.FusedMultiplyAdd(Vector512.Create(a[3]), b0, c3);
+            c4 = Vector512.FusedMultiplyAdd(Vector512.Create(a[4]), b0, c4);
+            c5 = Vector512.FusedMultiplyAdd(Vector512.Create(a[5]), b0, c5);
+            c6 = Vector512.FusedMultiplyAdd(Vector512.Create(a[6]), b0, c6);
+            c7 = Vector512.FusedMultiplyAdd(Vector512.Create(a[7]), b0, c7);
+            a += 8;
+            b += 32;
+        }
+
+        var va = Vector512.Create(alpha);
+        var vb = Vector512.Create(beta);
+        StoreOne(c, c0, va, vb, beta);
+        StoreOne(c + ldc, c1, va, vb, beta);
+        StoreOne(c + (2 * ldc), c2, va, vb, beta);
+        StoreOne(c + (3 * ldc), c3, va, vb, beta);
+        StoreOne(c + (4 * ldc), c4, va, vb, beta);
+        StoreOne(c + (5 * ldc), c5, va, vb, beta);
+        StoreOne(c + (6 * ldc), c6, va, vb, beta);
+        StoreOne(c + (7 * ldc), c7, va, vb, beta);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static unsafe void StoreOne(float* c, Vector512<float> v, Vector512<float> va, Vector512<float> vb, float beta)
+    {
+        Vector512.Store(beta == 0f ? v * va : Vector512.FusedMultiplyAdd(va, v, vb * Vector512.Load(c)), c);
+    }
 }
 
 /// <summary>6×16 tile: twelve Vector256 accumulators (fits the sixteen AVX2 registers).</summary>
@@ -537,6 +690,44 @@ internal readonly struct Kernel256 : IGemmKernel
             Vector256.Store(Vector256.FusedMultiplyAdd(va, v0, vb * Vector256.Load(c)), c);
             Vector256.Store(Vector256.FusedMultiplyAdd(va, v1, vb * Vector256.Load(c + 8)), c + 8);
         }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static unsafe void RunNarrow(int kc, float* a, float* b, float* c, nint ldc, float alpha, float beta)
+    {
+        Vector256<float> c0 = default;
+        Vector256<float> c1 = default;
+        Vector256<float> c2 = default;
+        Vector256<float> c3 = default;
+        Vector256<float> c4 = default;
+        Vector256<float> c5 = default;
+        for (int p = 0; p < kc; p++)
+        {
+            Vector256<float> b0 = Vector256.Load(b);
+            c0 = Vector256.FusedMultiplyAdd(Vector256.Create(a[0]), b0, c0);
+            c1 = Vector256.FusedMultiplyAdd(Vector256.Create(a[1]), b0, c1);
+            c2 = Vector256.FusedMultiplyAdd(Vector256.Create(a[2]), b0, c2);
+            c3 = Vector256.FusedMultiplyAdd(Vector256.Create(a[3]), b0, c3);
+            c4 = Vector256.FusedMultiplyAdd(Vector256.Create(a[4]), b0, c4);
+            c5 = Vector256.FusedMultiplyAdd(Vector256.Create(a[5]), b0, c5);
+            a += 6;
+            b += 16;
+        }
+
+        var va = Vector256.Create(alpha);
+        var vb = Vector256.Create(beta);
+        StoreOne(c, c0, va, vb, beta);
+        StoreOne(c + ldc, c1, va, vb, beta);
+        StoreOne(c + (2 * ldc), c2, va, vb, beta);
+        StoreOne(c + (3 * ldc), c3, va, vb, beta);
+        StoreOne(c + (4 * ldc), c4, va, vb, beta);
+        StoreOne(c + (5 * ldc), c5, va, vb, beta);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static unsafe void StoreOne(float* c, Vector256<float> v, Vector256<float> va, Vector256<float> vb, float beta)
+    {
+        Vector256.Store(beta == 0f ? v * va : Vector256.FusedMultiplyAdd(va, v, vb * Vector256.Load(c)), c);
     }
 }
 
@@ -603,6 +794,44 @@ internal readonly struct Kernel128 : IGemmKernel
             Vector128.Store(Vector128.FusedMultiplyAdd(va, v1, vb * Vector128.Load(c + 4)), c + 4);
         }
     }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static unsafe void RunNarrow(int kc, float* a, float* b, float* c, nint ldc, float alpha, float beta)
+    {
+        Vector128<float> c0 = default;
+        Vector128<float> c1 = default;
+        Vector128<float> c2 = default;
+        Vector128<float> c3 = default;
+        Vector128<float> c4 = default;
+        Vector128<float> c5 = default;
+        for (int p = 0; p < kc; p++)
+        {
+            Vector128<float> b0 = Vector128.Load(b);
+            c0 = Vector128.FusedMultiplyAdd(Vector128.Create(a[0]), b0, c0);
+            c1 = Vector128.FusedMultiplyAdd(Vector128.Create(a[1]), b0, c1);
+            c2 = Vector128.FusedMultiplyAdd(Vector128.Create(a[2]), b0, c2);
+            c3 = Vector128.FusedMultiplyAdd(Vector128.Create(a[3]), b0, c3);
+            c4 = Vector128.FusedMultiplyAdd(Vector128.Create(a[4]), b0, c4);
+            c5 = Vector128.FusedMultiplyAdd(Vector128.Create(a[5]), b0, c5);
+            a += 6;
+            b += 8;
+        }
+
+        var va = Vector128.Create(alpha);
+        var vb = Vector128.Create(beta);
+        StoreOne(c, c0, va, vb, beta);
+        StoreOne(c + ldc, c1, va, vb, beta);
+        StoreOne(c + (2 * ldc), c2, va, vb, beta);
+        StoreOne(c + (3 * ldc), c3, va, vb, beta);
+        StoreOne(c + (4 * ldc), c4, va, vb, beta);
+        StoreOne(c + (5 * ldc), c5, va, vb, beta);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static unsafe void StoreOne(float* c, Vector128<float> v, Vector128<float> va, Vector128<float> vb, float beta)
+    {
+        Vector128.Store(beta == 0f ? v * va : Vector128.FusedMultiplyAdd(va, v, vb * Vector128.Load(c)), c);
+    }
 }
 
 /// <summary>4×4 scalar tile: the portable fallback (same FMA chain as the vector kernels).</summary>
@@ -637,6 +866,33 @@ internal readonly struct KernelScalar : IGemmKernel
             for (int j = 0; j < 4; j++)
             {
                 float v = acc[(r * 4) + j];
+                row[j] = beta == 0f ? alpha * v : MathF.FusedMultiplyAdd(alpha, v, beta * row[j]);
+            }
+        }
+    }
+
+    public static unsafe void RunNarrow(int kc, float* a, float* b, float* c, nint ldc, float alpha, float beta)
+    {
+        float* acc = stackalloc float[8];
+        new Span<float>(acc, 8).Clear();
+        for (int p = 0; p < kc; p++)
+        {
+            for (int r = 0; r < 4; r++)
+            {
+                acc[(r * 2) + 0] = MathF.FusedMultiplyAdd(a[r], b[0], acc[(r * 2) + 0]);
+                acc[(r * 2) + 1] = MathF.FusedMultiplyAdd(a[r], b[1], acc[(r * 2) + 1]);
+            }
+
+            a += 4;
+            b += 4;
+        }
+
+        for (int r = 0; r < 4; r++)
+        {
+            float* row = c + (r * ldc);
+            for (int j = 0; j < 2; j++)
+            {
+                float v = acc[(r * 2) + j];
                 row[j] = beta == 0f ? alpha * v : MathF.FusedMultiplyAdd(alpha, v, beta * row[j]);
             }
         }
