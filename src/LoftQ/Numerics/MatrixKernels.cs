@@ -153,7 +153,7 @@ internal static class MatrixKernels
         TensorPrimitives.Subtract(a, b, destination);
     }
 
-    /// <summary>Σ (a[i] − b[i])², accumulated in double precision (for ‖A − B‖_F without a temporary).</summary>
+    /// <summary>Σ (a[i] − b[i])², differences and sum in double precision (for ‖A − B‖_F without a temporary).</summary>
     /// <exception cref="ArgumentException">The spans differ in length.</exception>
     public static double SquaredDistance(ReadOnlySpan<float> a, ReadOnlySpan<float> b)
     {
@@ -167,10 +167,11 @@ internal static class MatrixKernels
             Vector256<double> s0 = default, s1 = default;
             for (; i + 8 <= n; i += 8)
             {
-                Vector256<float> d = Vector256.LoadUnsafe(ref x, (nuint)i) - Vector256.LoadUnsafe(ref y, (nuint)i);
-                (Vector256<double> lo, Vector256<double> hi) = Vector256.Widen(d);
-                s0 = Vector256.FusedMultiplyAdd(lo, lo, s0);
-                s1 = Vector256.FusedMultiplyAdd(hi, hi, s1);
+                (Vector256<double> xl, Vector256<double> xh) = Vector256.Widen(Vector256.LoadUnsafe(ref x, (nuint)i));
+                (Vector256<double> yl, Vector256<double> yh) = Vector256.Widen(Vector256.LoadUnsafe(ref y, (nuint)i));
+                Vector256<double> dl = xl - yl, dh = xh - yh;
+                s0 = Vector256.FusedMultiplyAdd(dl, dl, s0);
+                s1 = Vector256.FusedMultiplyAdd(dh, dh, s1);
             }
 
             sum = Vector256.Sum(s0 + s1);
@@ -178,7 +179,7 @@ internal static class MatrixKernels
 
         for (; i < n; i++)
         {
-            double d = Unsafe.Add(ref x, i) - Unsafe.Add(ref y, i);
+            double d = (double)Unsafe.Add(ref x, i) - Unsafe.Add(ref y, i);
             sum += d * d;
         }
 
