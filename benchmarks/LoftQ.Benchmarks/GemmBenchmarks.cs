@@ -14,14 +14,11 @@ public class GemmBenchmarks
     private float[] _b = [];
     private float[] _c = [];
 
-    /// <summary>Shape and operand layout: "m x n x k" then which operands are transposed.</summary>
-    [Params(
-        "4096x72x4096 NN (W·Ω)",
-        "4096x72x4096 TN (Wᵀ·Y)",
-        "72x4096x4096 TN (Qᵀ·W)",
-        "4096x4096x72 NN (W − B·A)",
-        "1024x1024x1024 NN",
-        "1024x1024x1024 NT")]
+    /// <summary>
+    /// "m x n x k" and which operands are transposed: 4096x72x4096 NN is W·Ω, TN is Wᵀ·Y, 72x4096x4096 TN is Qᵀ·W,
+    /// 4096x4096x72 NN+ is the residual update W − B·A (alpha = −1, beta = 1), then square shapes.
+    /// </summary>
+    [Params("4096x72x4096 NN", "4096x72x4096 TN", "72x4096x4096 TN", "4096x4096x72 NN+", "1024x1024x1024 NN", "1024x1024x1024 NT")]
     public string Shape { get; set; } = "";
 
     [Params(1, 2)]
@@ -47,7 +44,7 @@ public class GemmBenchmarks
         (M, N, K) = (dims[0], dims[1], dims[2]);
         TransA = parts[1][0] == 'T' ? Transpose.Yes : Transpose.No;
         TransB = parts[1][1] == 'T' ? Transpose.Yes : Transpose.No;
-        Beta = Shape.Contains('−') ? 1f : 0f;
+        Beta = Shape.EndsWith('+') ? 1f : 0f;
         _a = new float[M * K];
         _b = new float[K * N];
         _c = new float[M * N];
