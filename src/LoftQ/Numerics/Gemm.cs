@@ -35,6 +35,9 @@ internal static class Gemm
     /// <summary>Columns of op(B) packed per block (a multiple of every kernel's NR).</summary>
     internal const int NC = 4096;
 
+    /// <summary>An operand reused by at most this many rows (B) or columns (A) of C is read in place, not packed.</summary>
+    internal const int DirectThreshold = 128;
+
     /// <summary>Floating-point work below which a call stays on one thread.</summary>
     private const long MinFlopsPerThread = 1L << 21;
 
@@ -153,9 +156,14 @@ internal static class Gemm
     {
         int mr = TKernel.MR, nr = TKernel.NR;
         nint ia = (nint)a, ib = (nint)b, ic = (nint)c;
+
+        // An operand that only a few micro-tiles reuse is read in place instead of packed: copying it would
+        // cost about as much as the multiply (W·Ω and Wᵀ·Y with few columns, Qᵀ·W with few rows).
+        bool directA = n <= DirectThreshold;
+        bool directB = !transB && m <= DirectThreshold;
         int ncMax = Math.Min(NC, RoundUp(n, nr));
         int kcMax = Math.Min(KC, k);
-        float[] bPackArray = ArrayPool<float>.Shared.Rent(ncMax * kcMax);
+        float[] bPackArray = ArrayPool<float>.Shared.Rent((directB ? nr : ncMax) * kcMax);
         try
         {
             fixed (float* bPackPtr = bPackArray)
@@ -169,15 +177,26 @@ internal static class Gemm
                     {
                         int kc = Math.Min(KC, k - pc);
                         float betaBlock = pc == 0 ? beta : 1f;
-
-                        // Pack op(B)[pc:pc+kc, jc:jc+nc] into `panels` micro-panels of kc×NR.
-                        int packTasks = Math.Min(threads, panels);
                         int jcLocal = jc, pcLocal = pc;
-                        ComputeSettings.ParallelFor(packTasks, packTasks, t =>
+
+                        // Pack op(B)[pc:pc+kc, jc:jc+nc] into kc×NR micro-panels (only the ragged last one when B is read in place).
+                        if (directB)
                         {
-                            (int p0, int p1) = Split(panels, packTasks, t);
-                            PackBPanels((float*)ib, ldb, transB, pcLocal, kc, jcLocal, p0, p1, n, nr, (float*)ibPack);
-                        });
+                            if (nc % nr != 0)
+                            {
+                                int jLast = jc + ((panels - 1) * nr);
+                                PackB(b, ldb, transB, pc, kc, jLast, n - jLast, nr, bPackPtr);
+                            }
+                        }
+                        else
+                        {
+                            int packTasks = Math.Min(threads, panels);
+                            ComputeSettings.ParallelFor(packTasks, packTasks, t =>
+                            {
+                                (int p0, int p1) = Split(panels, packTasks, t);
+                                PackBPanels((float*)ib, ldb, transB, pcLocal, kc, jcLocal, p0, p1, n, nr, (float*)ibPack);
+                            });
+                        }
 
                         // Split M into MC blocks and, when there are fewer blocks than threads, N into panel groups.
                         int mBlocks = (m + MC - 1) / MC;
@@ -189,16 +208,32 @@ internal static class Gemm
                             (int g0, int g1) = Split(panels, nGroups, t % nGroups);
                             int i0 = blockIndex * MC;
                             int mcRows = Math.Min(MC, m - i0);
-                            float[] aPackArray = ArrayPool<float>.Shared.Rent(MC * KC);
+                            float[] aPackArray = ArrayPool<float>.Shared.Rent((directA ? mr : MC) * KC);
                             try
                             {
                                 fixed (float* aPack = aPackArray)
                                 {
-                                    PackABlock((float*)ia, lda, transA, i0, mcRows, pcLocal, kc, mr, aPack);
+                                    var operands = new Operands
+                                    {
+                                        A = (float*)ia, Lda = lda, TransA = transA, DirectA = directA, APack = aPack,
+                                        B = (float*)ib, Ldb = ldb, DirectB = directB, BPack = (float*)ibPack,
+                                        C = (float*)ic, Ldc = ldc, Alpha = alpha, Beta = betaBlock,
+                                        Pc = pcLocal, Kc = kc, Jc = jcLocal, N = n,
+                                    };
+                                    if (directA)
+                                    {
+                                        int fullRows = mcRows / mr * mr;
+                                        if (fullRows < mcRows)
+                                        {
+                                            PackA(operands.A, lda, transA, i0 + fullRows, mcRows - fullRows, pcLocal, kc, mr, aPack);
+                                        }
+                                    }
+                                    else
+                                    {
+                                        PackABlock((float*)ia, lda, transA, i0, mcRows, pcLocal, kc, mr, aPack);
+                                    }
 
-                                    MacroKernel<TKernel>(
-                                        aPack, (float*)ibPack, kc, i0, mcRows, jcLocal, g0, g1, n,
-                                        alpha, betaBlock, (float*)ic, ldc);
+                                    MacroKernel<TKernel>(in operands, i0, mcRows, g0, g1);
                                 }
                             }
                             finally
@@ -228,47 +263,77 @@ internal static class Gemm
 
     private static int RoundUp(int x, int multiple) => (x + multiple - 1) / multiple * multiple;
 
-    private static unsafe void MacroKernel<TKernel>(
-        float* aPack, float* bPack, int kc, int i0, int mcRows, int jc, int panelStart, int panelEnd, int n,
-        float alpha, float beta, float* c, int ldc)
+    private static unsafe void MacroKernel<TKernel>(in Operands o, int i0, int mcRows, int panelStart, int panelEnd)
         where TKernel : struct, IGemmKernel
     {
-        int mr = TKernel.MR, nr = TKernel.NR;
+        int mr = TKernel.MR, nr = TKernel.NR, kc = o.Kc;
         float* tile = stackalloc float[mr * nr];
-        for (int p = panelStart; p < panelEnd; p++)
+        for (int q = panelStart; q < panelEnd; q++)
         {
-            int j0 = jc + (p * nr);
-            int cols = Math.Min(nr, n - j0);
-            float* bPanel = bPack + ((nint)p * kc * nr);
+            int j0 = o.Jc + (q * nr);
+            int cols = Math.Min(nr, o.N - j0);
+
+            // The B micro-panel: in place (row stride ldb) or packed (row stride NR).
+            float* bPanel;
+            nint bps;
+            if (o.DirectB && cols == nr)
+            {
+                bPanel = o.B + ((nint)o.Pc * o.Ldb) + j0;
+                bps = o.Ldb;
+            }
+            else
+            {
+                bPanel = o.BPack + (o.DirectB ? 0 : (nint)q * kc * nr);
+                bps = nr;
+            }
+
             for (int r0 = 0; r0 < mcRows; r0 += mr)
             {
                 int rows = Math.Min(mr, mcRows - r0);
-                float* aPanel = aPack + ((nint)(r0 / mr) * kc * mr);
-                float* cTile = c + ((nint)(i0 + r0) * ldc) + j0;
+
+                // The A micro-panel: in place (element (r, p) at r·ars + p·aps) or packed (ars = 1, aps = MR).
+                float* aPanel;
+                nint ars, aps;
+                if (o.DirectA && rows == mr)
+                {
+                    int row = i0 + r0;
+                    aPanel = o.TransA ? o.A + ((nint)o.Pc * o.Lda) + row : o.A + ((nint)row * o.Lda) + o.Pc;
+                    ars = o.TransA ? 1 : o.Lda;
+                    aps = o.TransA ? o.Lda : 1;
+                }
+                else
+                {
+                    aPanel = o.APack + (o.DirectA ? 0 : (nint)(r0 / mr) * kc * mr);
+                    ars = 1;
+                    aps = mr;
+                }
+
+                float* cTile = o.C + ((nint)(i0 + r0) * o.Ldc) + j0;
                 bool narrow = cols <= nr / 2;
                 if (rows == mr && cols == nr)
                 {
-                    TKernel.Run(kc, aPanel, bPanel, cTile, ldc, alpha, beta);
+                    TKernel.Run(kc, aPanel, ars, aps, bPanel, bps, cTile, o.Ldc, o.Alpha, o.Beta);
                 }
                 else if (narrow && rows == mr && cols == nr / 2)
                 {
-                    TKernel.RunNarrow(kc, aPanel, bPanel, cTile, ldc, alpha, beta);
+                    TKernel.RunNarrow(kc, aPanel, ars, aps, bPanel, bps, cTile, o.Ldc, o.Alpha, o.Beta);
                 }
                 else
                 {
                     if (narrow)
                     {
-                        TKernel.RunNarrow(kc, aPanel, bPanel, tile, nr, 1f, 0f);
+                        TKernel.RunNarrow(kc, aPanel, ars, aps, bPanel, bps, tile, nr, 1f, 0f);
                     }
                     else
                     {
-                        TKernel.Run(kc, aPanel, bPanel, tile, nr, 1f, 0f);
+                        TKernel.Run(kc, aPanel, ars, aps, bPanel, bps, tile, nr, 1f, 0f);
                     }
 
+                    float alpha = o.Alpha, beta = o.Beta;
                     for (int r = 0; r < rows; r++)
                     {
                         float* src = tile + (r * nr);
-                        float* dst = cTile + ((nint)r * ldc);
+                        float* dst = cTile + ((nint)r * o.Ldc);
                         for (int j = 0; j < cols; j++)
                         {
                             dst[j] = beta == 0f ? alpha * src[j] : MathF.FusedMultiplyAdd(alpha, src[j], beta * dst[j]);
@@ -277,6 +342,28 @@ internal static class Gemm
                 }
             }
         }
+    }
+
+    /// <summary>Where the operands of one (pc, jc) block live and how to combine the result with C.</summary>
+    private unsafe struct Operands
+    {
+        public float* A;
+        public int Lda;
+        public bool TransA;
+        public bool DirectA;
+        public float* APack;
+        public float* B;
+        public int Ldb;
+        public bool DirectB;
+        public float* BPack;
+        public float* C;
+        public int Ldc;
+        public float Alpha;
+        public float Beta;
+        public int Pc;
+        public int Kc;
+        public int Jc;
+        public int N;
     }
 
     /// <summary>
@@ -488,7 +575,8 @@ internal static class Gemm
 }
 
 /// <summary>
-/// A register-blocked GEMM micro-kernel: from packed panels a[p·MR + r] and b[p·NR + j] it computes the tile
+/// A register-blocked GEMM micro-kernel: from panels a[r·ars + p·aps] and b[p·bps + j] (packed: ars = 1, aps = MR,
+/// bps = NR; or read in place from a suitably laid out operand) it computes the tile
 /// acc[r, j] = Σ_p a·b (one FMA chain per element, p ascending, starting from zero) and stores
 /// <c>c = alpha·acc</c> when beta is zero, otherwise <c>c = fma(alpha, acc, beta·c)</c>.
 /// </summary>
@@ -501,13 +589,13 @@ internal interface IGemmKernel
     static abstract int NR { get; }
 
     /// <summary>Computes and stores one MR×NR tile.</summary>
-    static abstract unsafe void Run(int kc, float* a, float* b, float* c, nint ldc, float alpha, float beta);
+    static abstract unsafe void Run(int kc, float* a, nint ars, nint aps, float* b, nint bps, float* c, nint ldc, float alpha, float beta);
 
     /// <summary>
-    /// Computes and stores the left MR×(NR/2) half of a tile (B is still read with row stride NR); used for the
+    /// Computes and stores the left MR×(NR/2) half of a tile (B is still read with row stride bps); used for the
     /// last, narrow panel so that little work is spent on zero padding.
     /// </summary>
-    static abstract unsafe void RunNarrow(int kc, float* a, float* b, float* c, nint ldc, float alpha, float beta);
+    static abstract unsafe void RunNarrow(int kc, float* a, nint ars, nint aps, float* b, nint bps, float* c, nint ldc, float alpha, float beta);
 }
 
 /// <summary>8×32 tile: sixteen Vector512 accumulators.</summary>
@@ -518,12 +606,13 @@ internal readonly struct Kernel512 : IGemmKernel
     public static int NR => 32;
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static unsafe void Run(int kc, float* a, float* b, float* c, nint ldc, float alpha, float beta)
+    public static unsafe void Run(int kc, float* a, nint ars, nint aps, float* b, nint bps, float* c, nint ldc, float alpha, float beta)
     {
         Vector512<float> c00 = default, c01 = default, c10 = default, c11 = default;
         Vector512<float> c20 = default, c21 = default, c30 = default, c31 = default;
         Vector512<float> c40 = default, c41 = default, c50 = default, c51 = default;
         Vector512<float> c60 = default, c61 = default, c70 = default, c71 = default;
+        nint o1 = 1 * ars, o2 = 2 * ars, o3 = 3 * ars, o4 = 4 * ars, o5 = 5 * ars, o6 = 6 * ars, o7 = 7 * ars;
         for (int p = 0; p < kc; p++)
         {
             Vector512<float> b0 = Vector512.Load(b);
@@ -531,29 +620,29 @@ internal readonly struct Kernel512 : IGemmKernel
             Vector512<float> x = Vector512.Create(a[0]);
             c00 = Vector512.FusedMultiplyAdd(x, b0, c00);
             c01 = Vector512.FusedMultiplyAdd(x, b1, c01);
-            x = Vector512.Create(a[1]);
+            x = Vector512.Create(a[o1]);
             c10 = Vector512.FusedMultiplyAdd(x, b0, c10);
             c11 = Vector512.FusedMultiplyAdd(x, b1, c11);
-            x = Vector512.Create(a[2]);
+            x = Vector512.Create(a[o2]);
             c20 = Vector512.FusedMultiplyAdd(x, b0, c20);
             c21 = Vector512.FusedMultiplyAdd(x, b1, c21);
-            x = Vector512.Create(a[3]);
+            x = Vector512.Create(a[o3]);
             c30 = Vector512.FusedMultiplyAdd(x, b0, c30);
             c31 = Vector512.FusedMultiplyAdd(x, b1, c31);
-            x = Vector512.Create(a[4]);
+            x = Vector512.Create(a[o4]);
             c40 = Vector512.FusedMultiplyAdd(x, b0, c40);
             c41 = Vector512.FusedMultiplyAdd(x, b1, c41);
-            x = Vector512.Create(a[5]);
+            x = Vector512.Create(a[o5]);
             c50 = Vector512.FusedMultiplyAdd(x, b0, c50);
             c51 = Vector512.FusedMultiplyAdd(x, b1, c51);
-            x = Vector512.Create(a[6]);
+            x = Vector512.Create(a[o6]);
             c60 = Vector512.FusedMultiplyAdd(x, b0, c60);
             c61 = Vector512.FusedMultiplyAdd(x, b1, c61);
-            x = Vector512.Create(a[7]);
+            x = Vector512.Create(a[o7]);
             c70 = Vector512.FusedMultiplyAdd(x, b0, c70);
             c71 = Vector512.FusedMultiplyAdd(x, b1, c71);
-            a += 8;
-            b += 32;
+            a += aps;
+            b += bps;
         }
 
         Store(c, c00, c01, alpha, beta);
@@ -584,7 +673,7 @@ internal readonly struct Kernel512 : IGemmKernel
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static unsafe void RunNarrow(int kc, float* a, float* b, float* c, nint ldc, float alpha, float beta)
+    public static unsafe void RunNarrow(int kc, float* a, nint ars, nint aps, float* b, nint bps, float* c, nint ldc, float alpha, float beta)
     {
         Vector512<float> c0 = default;
         Vector512<float> c1 = default;
@@ -594,19 +683,20 @@ internal readonly struct Kernel512 : IGemmKernel
         Vector512<float> c5 = default;
         Vector512<float> c6 = default;
         Vector512<float> c7 = default;
+        nint o1 = 1 * ars, o2 = 2 * ars, o3 = 3 * ars, o4 = 4 * ars, o5 = 5 * ars, o6 = 6 * ars, o7 = 7 * ars;
         for (int p = 0; p < kc; p++)
         {
             Vector512<float> b0 = Vector512.Load(b);
             c0 = Vector512.FusedMultiplyAdd(Vector512.Create(a[0]), b0, c0);
-            c1 = Vector512.FusedMultiplyAdd(Vector512.Create(a[1]), b0, c1);
-            c2 = Vector512.FusedMultiplyAdd(Vector512.Create(a[2]), b0, c2);
-            c3 = Vector512.FusedMultiplyAdd(Vector512.Create(a[3]), b0, c3);
-            c4 = Vector512.FusedMultiplyAdd(Vector512.Create(a[4]), b0, c4);
-            c5 = Vector512.FusedMultiplyAdd(Vector512.Create(a[5]), b0, c5);
-            c6 = Vector512.FusedMultiplyAdd(Vector512.Create(a[6]), b0, c6);
-            c7 = Vector512.FusedMultiplyAdd(Vector512.Create(a[7]), b0, c7);
-            a += 8;
-            b += 32;
+            c1 = Vector512.FusedMultiplyAdd(Vector512.Create(a[o1]), b0, c1);
+            c2 = Vector512.FusedMultiplyAdd(Vector512.Create(a[o2]), b0, c2);
+            c3 = Vector512.FusedMultiplyAdd(Vector512.Create(a[o3]), b0, c3);
+            c4 = Vector512.FusedMultiplyAdd(Vector512.Create(a[o4]), b0, c4);
+            c5 = Vector512.FusedMultiplyAdd(Vector512.Create(a[o5]), b0, c5);
+            c6 = Vector512.FusedMultiplyAdd(Vector512.Create(a[o6]), b0, c6);
+            c7 = Vector512.FusedMultiplyAdd(Vector512.Create(a[o7]), b0, c7);
+            a += aps;
+            b += bps;
         }
 
         var va = Vector512.Create(alpha);
@@ -636,11 +726,12 @@ internal readonly struct Kernel256 : IGemmKernel
     public static int NR => 16;
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static unsafe void Run(int kc, float* a, float* b, float* c, nint ldc, float alpha, float beta)
+    public static unsafe void Run(int kc, float* a, nint ars, nint aps, float* b, nint bps, float* c, nint ldc, float alpha, float beta)
     {
         Vector256<float> c00 = default, c01 = default, c10 = default, c11 = default;
         Vector256<float> c20 = default, c21 = default, c30 = default, c31 = default;
         Vector256<float> c40 = default, c41 = default, c50 = default, c51 = default;
+        nint o1 = 1 * ars, o2 = 2 * ars, o3 = 3 * ars, o4 = 4 * ars, o5 = 5 * ars;
         for (int p = 0; p < kc; p++)
         {
             Vector256<float> b0 = Vector256.Load(b);
@@ -648,23 +739,23 @@ internal readonly struct Kernel256 : IGemmKernel
             Vector256<float> x = Vector256.Create(a[0]);
             c00 = Vector256.FusedMultiplyAdd(x, b0, c00);
             c01 = Vector256.FusedMultiplyAdd(x, b1, c01);
-            x = Vector256.Create(a[1]);
+            x = Vector256.Create(a[o1]);
             c10 = Vector256.FusedMultiplyAdd(x, b0, c10);
             c11 = Vector256.FusedMultiplyAdd(x, b1, c11);
-            x = Vector256.Create(a[2]);
+            x = Vector256.Create(a[o2]);
             c20 = Vector256.FusedMultiplyAdd(x, b0, c20);
             c21 = Vector256.FusedMultiplyAdd(x, b1, c21);
-            x = Vector256.Create(a[3]);
+            x = Vector256.Create(a[o3]);
             c30 = Vector256.FusedMultiplyAdd(x, b0, c30);
             c31 = Vector256.FusedMultiplyAdd(x, b1, c31);
-            x = Vector256.Create(a[4]);
+            x = Vector256.Create(a[o4]);
             c40 = Vector256.FusedMultiplyAdd(x, b0, c40);
             c41 = Vector256.FusedMultiplyAdd(x, b1, c41);
-            x = Vector256.Create(a[5]);
+            x = Vector256.Create(a[o5]);
             c50 = Vector256.FusedMultiplyAdd(x, b0, c50);
             c51 = Vector256.FusedMultiplyAdd(x, b1, c51);
-            a += 6;
-            b += 16;
+            a += aps;
+            b += bps;
         }
 
         Store(c, c00, c01, alpha, beta);
@@ -693,7 +784,7 @@ internal readonly struct Kernel256 : IGemmKernel
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static unsafe void RunNarrow(int kc, float* a, float* b, float* c, nint ldc, float alpha, float beta)
+    public static unsafe void RunNarrow(int kc, float* a, nint ars, nint aps, float* b, nint bps, float* c, nint ldc, float alpha, float beta)
     {
         Vector256<float> c0 = default;
         Vector256<float> c1 = default;
@@ -701,17 +792,18 @@ internal readonly struct Kernel256 : IGemmKernel
         Vector256<float> c3 = default;
         Vector256<float> c4 = default;
         Vector256<float> c5 = default;
+        nint o1 = 1 * ars, o2 = 2 * ars, o3 = 3 * ars, o4 = 4 * ars, o5 = 5 * ars;
         for (int p = 0; p < kc; p++)
         {
             Vector256<float> b0 = Vector256.Load(b);
             c0 = Vector256.FusedMultiplyAdd(Vector256.Create(a[0]), b0, c0);
-            c1 = Vector256.FusedMultiplyAdd(Vector256.Create(a[1]), b0, c1);
-            c2 = Vector256.FusedMultiplyAdd(Vector256.Create(a[2]), b0, c2);
-            c3 = Vector256.FusedMultiplyAdd(Vector256.Create(a[3]), b0, c3);
-            c4 = Vector256.FusedMultiplyAdd(Vector256.Create(a[4]), b0, c4);
-            c5 = Vector256.FusedMultiplyAdd(Vector256.Create(a[5]), b0, c5);
-            a += 6;
-            b += 16;
+            c1 = Vector256.FusedMultiplyAdd(Vector256.Create(a[o1]), b0, c1);
+            c2 = Vector256.FusedMultiplyAdd(Vector256.Create(a[o2]), b0, c2);
+            c3 = Vector256.FusedMultiplyAdd(Vector256.Create(a[o3]), b0, c3);
+            c4 = Vector256.FusedMultiplyAdd(Vector256.Create(a[o4]), b0, c4);
+            c5 = Vector256.FusedMultiplyAdd(Vector256.Create(a[o5]), b0, c5);
+            a += aps;
+            b += bps;
         }
 
         var va = Vector256.Create(alpha);
@@ -739,11 +831,12 @@ internal readonly struct Kernel128 : IGemmKernel
     public static int NR => 8;
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static unsafe void Run(int kc, float* a, float* b, float* c, nint ldc, float alpha, float beta)
+    public static unsafe void Run(int kc, float* a, nint ars, nint aps, float* b, nint bps, float* c, nint ldc, float alpha, float beta)
     {
         Vector128<float> c00 = default, c01 = default, c10 = default, c11 = default;
         Vector128<float> c20 = default, c21 = default, c30 = default, c31 = default;
         Vector128<float> c40 = default, c41 = default, c50 = default, c51 = default;
+        nint o1 = 1 * ars, o2 = 2 * ars, o3 = 3 * ars, o4 = 4 * ars, o5 = 5 * ars;
         for (int p = 0; p < kc; p++)
         {
             Vector128<float> b0 = Vector128.Load(b);
@@ -751,23 +844,23 @@ internal readonly struct Kernel128 : IGemmKernel
             Vector128<float> x = Vector128.Create(a[0]);
             c00 = Vector128.FusedMultiplyAdd(x, b0, c00);
             c01 = Vector128.FusedMultiplyAdd(x, b1, c01);
-            x = Vector128.Create(a[1]);
+            x = Vector128.Create(a[o1]);
             c10 = Vector128.FusedMultiplyAdd(x, b0, c10);
             c11 = Vector128.FusedMultiplyAdd(x, b1, c11);
-            x = Vector128.Create(a[2]);
+            x = Vector128.Create(a[o2]);
             c20 = Vector128.FusedMultiplyAdd(x, b0, c20);
             c21 = Vector128.FusedMultiplyAdd(x, b1, c21);
-            x = Vector128.Create(a[3]);
+            x = Vector128.Create(a[o3]);
             c30 = Vector128.FusedMultiplyAdd(x, b0, c30);
             c31 = Vector128.FusedMultiplyAdd(x, b1, c31);
-            x = Vector128.Create(a[4]);
+            x = Vector128.Create(a[o4]);
             c40 = Vector128.FusedMultiplyAdd(x, b0, c40);
             c41 = Vector128.FusedMultiplyAdd(x, b1, c41);
-            x = Vector128.Create(a[5]);
+            x = Vector128.Create(a[o5]);
             c50 = Vector128.FusedMultiplyAdd(x, b0, c50);
             c51 = Vector128.FusedMultiplyAdd(x, b1, c51);
-            a += 6;
-            b += 8;
+            a += aps;
+            b += bps;
         }
 
         Store(c, c00, c01, alpha, beta);
@@ -796,7 +889,7 @@ internal readonly struct Kernel128 : IGemmKernel
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static unsafe void RunNarrow(int kc, float* a, float* b, float* c, nint ldc, float alpha, float beta)
+    public static unsafe void RunNarrow(int kc, float* a, nint ars, nint aps, float* b, nint bps, float* c, nint ldc, float alpha, float beta)
     {
         Vector128<float> c0 = default;
         Vector128<float> c1 = default;
@@ -804,17 +897,18 @@ internal readonly struct Kernel128 : IGemmKernel
         Vector128<float> c3 = default;
         Vector128<float> c4 = default;
         Vector128<float> c5 = default;
+        nint o1 = 1 * ars, o2 = 2 * ars, o3 = 3 * ars, o4 = 4 * ars, o5 = 5 * ars;
         for (int p = 0; p < kc; p++)
         {
             Vector128<float> b0 = Vector128.Load(b);
             c0 = Vector128.FusedMultiplyAdd(Vector128.Create(a[0]), b0, c0);
-            c1 = Vector128.FusedMultiplyAdd(Vector128.Create(a[1]), b0, c1);
-            c2 = Vector128.FusedMultiplyAdd(Vector128.Create(a[2]), b0, c2);
-            c3 = Vector128.FusedMultiplyAdd(Vector128.Create(a[3]), b0, c3);
-            c4 = Vector128.FusedMultiplyAdd(Vector128.Create(a[4]), b0, c4);
-            c5 = Vector128.FusedMultiplyAdd(Vector128.Create(a[5]), b0, c5);
-            a += 6;
-            b += 8;
+            c1 = Vector128.FusedMultiplyAdd(Vector128.Create(a[o1]), b0, c1);
+            c2 = Vector128.FusedMultiplyAdd(Vector128.Create(a[o2]), b0, c2);
+            c3 = Vector128.FusedMultiplyAdd(Vector128.Create(a[o3]), b0, c3);
+            c4 = Vector128.FusedMultiplyAdd(Vector128.Create(a[o4]), b0, c4);
+            c5 = Vector128.FusedMultiplyAdd(Vector128.Create(a[o5]), b0, c5);
+            a += aps;
+            b += bps;
         }
 
         var va = Vector128.Create(alpha);
@@ -841,7 +935,7 @@ internal readonly struct KernelScalar : IGemmKernel
 
     public static int NR => 4;
 
-    public static unsafe void Run(int kc, float* a, float* b, float* c, nint ldc, float alpha, float beta)
+    public static unsafe void Run(int kc, float* a, nint ars, nint aps, float* b, nint bps, float* c, nint ldc, float alpha, float beta)
     {
         float* acc = stackalloc float[16];
         new Span<float>(acc, 16).Clear();
@@ -849,15 +943,15 @@ internal readonly struct KernelScalar : IGemmKernel
         {
             for (int r = 0; r < 4; r++)
             {
-                float x = a[r];
+                float x = a[r * ars];
                 for (int j = 0; j < 4; j++)
                 {
                     acc[(r * 4) + j] = MathF.FusedMultiplyAdd(x, b[j], acc[(r * 4) + j]);
                 }
             }
 
-            a += 4;
-            b += 4;
+            a += aps;
+            b += bps;
         }
 
         for (int r = 0; r < 4; r++)
@@ -871,7 +965,7 @@ internal readonly struct KernelScalar : IGemmKernel
         }
     }
 
-    public static unsafe void RunNarrow(int kc, float* a, float* b, float* c, nint ldc, float alpha, float beta)
+    public static unsafe void RunNarrow(int kc, float* a, nint ars, nint aps, float* b, nint bps, float* c, nint ldc, float alpha, float beta)
     {
         float* acc = stackalloc float[8];
         new Span<float>(acc, 8).Clear();
@@ -879,12 +973,12 @@ internal readonly struct KernelScalar : IGemmKernel
         {
             for (int r = 0; r < 4; r++)
             {
-                acc[(r * 2) + 0] = MathF.FusedMultiplyAdd(a[r], b[0], acc[(r * 2) + 0]);
-                acc[(r * 2) + 1] = MathF.FusedMultiplyAdd(a[r], b[1], acc[(r * 2) + 1]);
+                acc[(r * 2) + 0] = MathF.FusedMultiplyAdd(a[r * ars], b[0], acc[(r * 2) + 0]);
+                acc[(r * 2) + 1] = MathF.FusedMultiplyAdd(a[r * ars], b[1], acc[(r * 2) + 1]);
             }
 
-            a += 4;
-            b += 4;
+            a += aps;
+            b += bps;
         }
 
         for (int r = 0; r < 4; r++)
