@@ -38,6 +38,12 @@ internal static class Gemm
     /// <summary>An operand reused by at most this many rows (B) or columns (A) of C is read in place, not packed.</summary>
     internal const int DirectThreshold = 128;
 
+    /// <summary>
+    /// Most floats of packed B held at once (default 16 MiB): consecutive k blocks are packed together up to this.
+    /// Results do not depend on it (tests lower it to cover the grouping).
+    /// </summary>
+    internal static int MaxPackedB { get; set; } = 1 << 22;
+
     /// <summary>Floating-point work below which a call stays on one thread.</summary>
     private const long MinFlopsPerThread = 1L << 21;
 
@@ -161,9 +167,15 @@ internal static class Gemm
         // cost about as much as the multiply (W·Ω and Wᵀ·Y with few columns, Qᵀ·W with few rows).
         bool directA = n <= DirectThreshold;
         bool directB = !transB && m <= DirectThreshold;
-        int ncMax = Math.Min(NC, RoundUp(n, nr));
+        int kBlocks = (k + KC - 1) / KC;
         int kcMax = Math.Min(KC, k);
-        float[] bPackArray = ArrayPool<float>.Shared.Rent((directB ? nr : ncMax) * kcMax);
+        int ncMax = Math.Min(NC, RoundUp(n, nr));
+
+        // Packed B for a group of consecutive k blocks: the workers then run through the whole group without
+        // meeting at a barrier after every k block. The group size depends on the shape only, never on threads.
+        int slotFloats = (directB ? nr : ncMax) * kcMax;
+        int blocksPerGroup = Math.Clamp(MaxPackedB / slotFloats, 1, kBlocks);
+        float[] bPackArray = ArrayPool<float>.Shared.Rent(blocksPerGroup * slotFloats);
         try
         {
             fixed (float* bPackPtr = bPackArray)
@@ -173,28 +185,39 @@ internal static class Gemm
                 {
                     int nc = Math.Min(NC, n - jc);
                     int panels = (nc + nr - 1) / nr;
-                    for (int pc = 0; pc < k; pc += KC)
+                    int jcLocal = jc;
+                    for (int group = 0; group < kBlocks; group += blocksPerGroup)
                     {
-                        int kc = Math.Min(KC, k - pc);
-                        float betaBlock = pc == 0 ? beta : 1f;
-                        int jcLocal = jc, pcLocal = pc;
+                        int groupBlocks = Math.Min(blocksPerGroup, kBlocks - group);
+                        int groupStart = group;
 
-                        // Pack op(B)[pc:pc+kc, jc:jc+nc] into kc×NR micro-panels (only the ragged last one when B is read in place).
+                        // Pack op(B)[pc:pc+kc, jc:jc+nc] of every k block of the group into kc×NR micro-panels
+                        // (only the ragged last panel when B is read in place).
                         if (directB)
                         {
                             if (nc % nr != 0)
                             {
                                 int jLast = jc + ((panels - 1) * nr);
-                                PackB(b, ldb, transB, pc, kc, jLast, n - jLast, nr, bPackPtr);
+                                for (int g = 0; g < groupBlocks; g++)
+                                {
+                                    int pc = (group + g) * KC;
+                                    PackB(b, ldb, transB, pc, Math.Min(KC, k - pc), jLast, n - jLast, nr, bPackPtr + ((nint)g * slotFloats));
+                                }
                             }
                         }
                         else
                         {
-                            int packTasks = Math.Min(threads, panels);
+                            int packTasks = Math.Min(threads, panels * groupBlocks);
                             ComputeSettings.ParallelFor(packTasks, packTasks, t =>
                             {
-                                (int p0, int p1) = Split(panels, packTasks, t);
-                                PackBPanels((float*)ib, ldb, transB, pcLocal, kc, jcLocal, p0, p1, n, nr, (float*)ibPack);
+                                (int u0, int u1) = Split(panels * groupBlocks, packTasks, t);
+                                for (int u = u0; u < u1;)
+                                {
+                                    int g = u / panels, q0 = u % panels, q1 = Math.Min(panels, q0 + (u1 - u));
+                                    int pc = (groupStart + g) * KC;
+                                    PackBPanels((float*)ib, ldb, transB, pc, Math.Min(KC, k - pc), jcLocal, q0, q1, n, nr, (float*)ibPack + ((nint)g * slotFloats));
+                                    u += q1 - q0;
+                                }
                             });
                         }
 
@@ -213,27 +236,32 @@ internal static class Gemm
                             {
                                 fixed (float* aPack = aPackArray)
                                 {
-                                    var operands = new Operands
+                                    for (int g = 0; g < groupBlocks; g++)
                                     {
-                                        A = (float*)ia, Lda = lda, TransA = transA, DirectA = directA, APack = aPack,
-                                        B = (float*)ib, Ldb = ldb, DirectB = directB, BPack = (float*)ibPack,
-                                        C = (float*)ic, Ldc = ldc, Alpha = alpha, Beta = betaBlock,
-                                        Pc = pcLocal, Kc = kc, Jc = jcLocal, N = n,
-                                    };
-                                    if (directA)
-                                    {
-                                        int fullRows = mcRows / mr * mr;
-                                        if (fullRows < mcRows)
+                                        int pc = (groupStart + g) * KC;
+                                        int kc = Math.Min(KC, k - pc);
+                                        var operands = new Operands
                                         {
-                                            PackA(operands.A, lda, transA, i0 + fullRows, mcRows - fullRows, pcLocal, kc, mr, aPack);
+                                            A = (float*)ia, Lda = lda, TransA = transA, DirectA = directA, APack = aPack,
+                                            B = (float*)ib, Ldb = ldb, DirectB = directB, BPack = (float*)ibPack + ((nint)g * slotFloats),
+                                            C = (float*)ic, Ldc = ldc, Alpha = alpha, Beta = pc == 0 ? beta : 1f,
+                                            Pc = pc, Kc = kc, Jc = jcLocal, N = n,
+                                        };
+                                        if (directA)
+                                        {
+                                            int fullRows = mcRows / mr * mr;
+                                            if (fullRows < mcRows)
+                                            {
+                                                PackA(operands.A, lda, transA, i0 + fullRows, mcRows - fullRows, pc, kc, mr, aPack);
+                                            }
                                         }
-                                    }
-                                    else
-                                    {
-                                        PackABlock((float*)ia, lda, transA, i0, mcRows, pcLocal, kc, mr, aPack);
-                                    }
+                                        else
+                                        {
+                                            PackABlock((float*)ia, lda, transA, i0, mcRows, pc, kc, mr, aPack);
+                                        }
 
-                                    MacroKernel<TKernel>(in operands, i0, mcRows, g0, g1);
+                                        MacroKernel<TKernel>(in operands, i0, mcRows, g0, g1);
+                                    }
                                 }
                             }
                             finally

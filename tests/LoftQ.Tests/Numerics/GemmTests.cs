@@ -105,6 +105,32 @@ public class GemmTests
     }
 
     [Fact]
+    public void KBlockGroupingDoesNotChangeTheResult()
+    {
+        const int m = 150, n = 300, k = 1100;
+        float[] a = Random(m * k, 12), b = Random(k * n, 13), c0 = Random(m * n, 14);
+        float[] grouped = (float[])c0.Clone(), oneBlockPerGroup = (float[])c0.Clone();
+        Gemm.Multiply(Transpose.No, Transpose.Yes, m, n, k, 1f, a, k, b, k, 1f, grouped, n);
+        int saved = Gemm.MaxPackedB;
+        try
+        {
+            Gemm.MaxPackedB = 1; // one k block per group: a barrier after every block
+            Gemm.Multiply(Transpose.No, Transpose.Yes, m, n, k, 1f, a, k, b, k, 1f, oneBlockPerGroup, n);
+        }
+        finally
+        {
+            Gemm.MaxPackedB = saved;
+        }
+
+        Assert.Equal(grouped, oneBlockPerGroup);
+        double[] expected = Reference(Transpose.No, Transpose.Yes, m, n, k, 1f, a, k, b, k);
+        for (int i = 0; i < m * n; i++)
+        {
+            Assert.Equal(expected[i] + c0[i], grouped[i], 2e-3);
+        }
+    }
+
+    [Fact]
     public void BetaZeroOverwritesNaNsInC()
     {
         const int m = 19, n = 37, k = 11;
