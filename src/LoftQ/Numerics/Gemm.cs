@@ -18,10 +18,17 @@ namespace LoftQNet.Numerics;
 /// <para>
 /// Implementation (GotoBLAS / BLIS structure): op(B) is packed into KC×NR micro-panels and op(A) into MR×KC
 /// micro-panels (the packing absorbs the transposes), the loops are blocked for the caches (NC, KC, MC) and a
-/// register-blocked micro-kernel accumulates an MR×NR tile with fused multiply-adds. Every element of C is the
-/// FMA chain over p = 0..k-1 in order, restarted from zero for each KC block; the KC blocking is fixed, threads only
-/// split M and N, so the result is bit-identical for any thread count. All micro-kernels (scalar, Vector128,
-/// Vector256, Vector512) compute the same chain and therefore give identical results too.
+/// register-blocked micro-kernel accumulates an MR×NR tile with fused multiply-adds (8×32 with Vector512, 6×16
+/// with Vector256, 6×8 with Vector128, 4×4 scalar; a half-width variant serves a narrow last panel). An operand
+/// that few tiles reuse — A when n ≤ <see cref="DirectThreshold"/>, an untransposed B when m ≤ it — is read in
+/// place by strided micro-kernels, since packing it would cost about as much as the multiply (W·Ω, Wᵀ·Y, Qᵀ·W in
+/// the LoftQ solver). B is packed for groups of k blocks so the workers of a group meet at one barrier.
+/// </para>
+/// <para>
+/// Determinism: every element of C is the FMA chain over p in order, restarted from zero for each KC block and
+/// combined as <c>fma(alpha, acc, beta·c)</c>; the blocking depends on the shape only and threads only split M and
+/// N, so the result is bit-identical for any thread count. All micro-kernels (scalar, Vector128, Vector256,
+/// Vector512) compute the same chains and therefore give identical results too.
 /// </para>
 /// </remarks>
 internal static class Gemm
