@@ -79,12 +79,16 @@ internal static class MatrixKernels
     }
 
     /// <summary>√Σx², accumulated in double precision.</summary>
-    public static double FrobeniusNorm(ReadOnlySpan<float> values)
+    public static double FrobeniusNorm(ReadOnlySpan<float> values) =>
+        Math.Sqrt(SumOfSquares(values, Vector512.IsHardwareAccelerated ? 512 : Vector256.IsHardwareAccelerated ? 256 : 0));
+
+    /// <summary>Σx² in double precision using vectors of <paramref name="width"/> bits (512, 256, or 0 for scalar; tests force the fallbacks).</summary>
+    internal static double SumOfSquares(ReadOnlySpan<float> values, int width)
     {
         ref float x = ref MemoryMarshal.GetReference(values);
         int n = values.Length, i = 0;
         double sum = 0;
-        if (Vector512.IsHardwareAccelerated && n >= 16)
+        if (width == 512 && Vector512.IsHardwareAccelerated && n >= 16)
         {
             Vector512<double> s0 = default, s1 = default, s2 = default, s3 = default;
             for (; i + 32 <= n; i += 32)
@@ -101,7 +105,7 @@ internal static class MatrixKernels
 
             sum = Vector512.Sum((s0 + s1) + (s2 + s3));
         }
-        else if (Vector256.IsHardwareAccelerated && n >= 8)
+        else if (width >= 256 && Vector256.IsHardwareAccelerated && n >= 8)
         {
             Vector256<double> s0 = default, s1 = default, s2 = default, s3 = default;
             for (; i + 16 <= n; i += 16)
@@ -125,7 +129,7 @@ internal static class MatrixKernels
             sum += v * v;
         }
 
-        return Math.Sqrt(sum);
+        return sum;
     }
 
     /// <summary><c>destination[i] -= source[i]</c>.</summary>

@@ -69,6 +69,10 @@ public class MatrixKernelsTests
         }
 
         Assert.Equal(Math.Sqrt(expected), MatrixKernels.FrobeniusNorm(x), 1e-12 * Math.Max(1, Math.Sqrt(expected)));
+        foreach (int width in new[] { 0, 256, 512 })
+        {
+            Assert.Equal(expected, MatrixKernels.SumOfSquares(x, width), 1e-12 * Math.Max(1, expected));
+        }
     }
 
     [Fact]
