@@ -96,18 +96,23 @@ internal static class Qr
         Orthonormalize(a, mid, hi, cols, original, norms, tolerance);
     }
 
-    /// <summary>Removes from rows [t0, t1) their components along the orthonormal rows [q0, q1), with re-passes as needed.</summary>
+    /// <summary>
+    /// Removes from rows [t0, t1) their components along the orthonormal rows [q0, q1). A row that loses most of its
+    /// norm is projected again, then against the whole prefix [0, q1): the cancellation also magnified what earlier
+    /// stages left of it along rows [0, q0).
+    /// </summary>
     private static void ProjectOut(Span<float> a, int t0, int t1, int q0, int q1, int cols, double[] original, double[] norms, double tolerance)
     {
-        int nt = t1 - t0, nq = q1 - q0;
-        float[] coefficients = ArrayPool<float>.Shared.Rent(nt * nq);
+        int nt = t1 - t0;
+        float[] coefficients = ArrayPool<float>.Shared.Rent(nt * q1);
         try
         {
-            Span<float> coef = coefficients.AsSpan(0, nt * nq);
             Span<float> target = a.Slice(t0 * cols, nt * cols);
-            ReadOnlySpan<float> basis = a.Slice(q0 * cols, nq * cols);
             for (int pass = 0; pass < MaxPasses; pass++)
             {
+                int first = pass == 0 ? q0 : 0, nq = q1 - first;
+                Span<float> coef = coefficients.AsSpan(0, nt * nq);
+                ReadOnlySpan<float> basis = a.Slice(first * cols, nq * cols);
                 Gemm.Multiply(Transpose.No, Transpose.Yes, nt, nq, cols, 1f, target, cols, basis, cols, 0f, coef, nq);
                 Gemm.Multiply(Transpose.No, Transpose.No, nt, cols, nq, -1f, coef, nq, basis, cols, 1f, target, cols);
                 bool again = false;
@@ -131,40 +136,62 @@ internal static class Qr
         }
     }
 
-    /// <summary>Modified Gram–Schmidt with re-orthogonalisation on rows [lo, hi) (already orthogonal to [0, lo)).</summary>
+    /// <summary>
+    /// Modified Gram–Schmidt on rows [lo, hi) (already orthogonal to [0, lo)); a row that loses most of its norm is
+    /// projected again against every row before it.
+    /// </summary>
     private static void GramSchmidtBase(Span<float> a, int lo, int hi, int cols, double[] original, double[] norms, double tolerance)
     {
-        for (int i = lo; i < hi; i++)
+        float[] coefficients = ArrayPool<float>.Shared.Rent(Math.Max(1, hi));
+        try
         {
-            Span<float> row = a.Slice(i * cols, cols);
-            double norm = norms[i];
-            for (int pass = 0; pass < MaxPasses && i > lo; pass++)
+            for (int i = lo; i < hi; i++)
             {
-                for (int j = lo; j < i; j++)
+                Span<float> row = a.Slice(i * cols, cols);
+                double norm = norms[i];
+                for (int pass = 0; pass < MaxPasses && i > 0; pass++)
                 {
-                    ReadOnlySpan<float> q = a.Slice(j * cols, cols);
-                    TensorPrimitives.FusedMultiplyAdd(q, -TensorPrimitives.Dot(q, row), row, row);
+                    if (pass == 0)
+                    {
+                        for (int j = lo; j < i; j++)
+                        {
+                            ReadOnlySpan<float> q = a.Slice(j * cols, cols);
+                            TensorPrimitives.FusedMultiplyAdd(q, -TensorPrimitives.Dot(q, row), row, row);
+                        }
+                    }
+                    else
+                    {
+                        // Classical Gram–Schmidt against the whole prefix: two matrix-vector products.
+                        Span<float> coef = coefficients.AsSpan(0, i);
+                        ReadOnlySpan<float> basis = a[..(i * cols)];
+                        Gemm.Multiply(Transpose.No, Transpose.Yes, 1, i, cols, 1f, row, cols, basis, cols, 0f, coef, i);
+                        Gemm.Multiply(Transpose.No, Transpose.No, 1, cols, i, -1f, coef, i, basis, cols, 1f, row, cols);
+                    }
+
+                    double after = MatrixKernels.FrobeniusNorm(row);
+                    bool again = after < ReorthogonalizeBelow * norm && after > tolerance * original[i];
+                    norm = after;
+                    if (!again)
+                    {
+                        break;
+                    }
                 }
 
-                double after = MatrixKernels.FrobeniusNorm(row);
-                bool again = after < ReorthogonalizeBelow * norm && after > tolerance * original[i];
-                norm = after;
-                if (!again)
+                if (!(norm > tolerance * original[i]))
                 {
-                    break;
+                    ReplaceWithUnitVector(a, i, cols);
                 }
-            }
+                else
+                {
+                    TensorPrimitives.Multiply(row, (float)(1.0 / norm), row);
+                }
 
-            if (!(norm > tolerance * original[i]))
-            {
-                ReplaceWithUnitVector(a, i, cols);
+                norms[i] = 1;
             }
-            else
-            {
-                TensorPrimitives.Multiply(row, (float)(1.0 / norm), row);
-            }
-
-            norms[i] = 1;
+        }
+        finally
+        {
+            ArrayPool<float>.Shared.Return(coefficients);
         }
     }
 

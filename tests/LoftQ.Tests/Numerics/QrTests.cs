@@ -52,6 +52,41 @@ public class QrTests
     }
 
     [Fact]
+    [Trait("Category", "Slow")]
+    public void PowerIteratedSketchOfSolverSizeStaysOrthonormal()
+    {
+        // The randomized SVD's range finder: rows of Ωᵀ·Wᵀ·(W·Wᵀ)² for a W with a decaying spectrum, so the
+        // singular values of the sketch span far more than 1/ε of float.
+        const int outDim = 2048, inDim = 512, rows = 96;
+        float[] w = GemmTests.Random(outDim * inDim, 31);
+        for (int i = 0; i < outDim; i++)
+        {
+            for (int j = 0; j < inDim; j++)
+            {
+                w[(i * inDim) + j] *= MathF.Pow(0.95f, j);
+            }
+        }
+
+        float[] omega = GemmTests.Random(inDim * rows, 32);
+        float[] z = new float[rows * outDim], t = new float[rows * inDim];
+        Gemm.Multiply(Transpose.Yes, Transpose.Yes, rows, outDim, inDim, 1f, omega, rows, w, inDim, 0f, z, outDim);
+        for (int power = 0; power < 2; power++)
+        {
+            Gemm.Multiply(Transpose.No, Transpose.No, rows, inDim, outDim, 1f, z, outDim, w, inDim, 0f, t, inDim);
+            Gemm.Multiply(Transpose.No, Transpose.Yes, rows, outDim, inDim, 1f, t, inDim, w, inDim, 0f, z, outDim);
+        }
+
+        float[] original = (float[])z.Clone();
+        Qr.OrthonormalizeRows(z, rows, outDim);
+        double error = OrthonormalityError(z, rows, outDim);
+        Assert.True(error < 2e-6, $"‖QQᵀ − I‖max = {error}");
+        // Rows whose remainder is below the rounding-noise tolerance (4·2⁻²⁴·√cols ≈ 1.1e-5 of their norm here) are
+        // replaced, so that much of a row may fall outside the span.
+        double span = SpanResidual(original, z, rows, outDim);
+        Assert.True(span < 3e-5, $"span residual {span}");
+    }
+
+    [Fact]
     public void DependentAndZeroRowsAreReplacedByOrthogonalUnitVectors()
     {
         const int rows = 40, cols = 64;
