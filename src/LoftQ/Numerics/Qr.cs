@@ -137,61 +137,122 @@ internal static class Qr
     }
 
     /// <summary>
-    /// Modified Gram–Schmidt on rows [lo, hi) (already orthogonal to [0, lo)); a row that loses most of its norm is
-    /// projected again against every row before it.
+    /// Orthonormalises rows [lo, hi) (already orthogonal to [0, lo)) by modified Gram–Schmidt. When a row loses
+    /// most of its norm, or is replaced, what it kept along rows [0, lo) is no longer negligible relative to it:
+    /// the block is then projected against the prefix with GEMMs and orthonormalised again (block CGS2).
     /// </summary>
     private static void GramSchmidtBase(Span<float> a, int lo, int hi, int cols, double[] original, double[] norms, double tolerance)
     {
-        float[] coefficients = ArrayPool<float>.Shared.Rent(Math.Max(1, hi));
-        try
+        for (int round = 0; round <= MaxPasses; round++)
         {
+            bool needPrefix = GramSchmidtWithinBlock(a, lo, hi, cols, original, norms, tolerance, round);
+            if (!needPrefix || lo == 0)
+            {
+                return;
+            }
+
             for (int i = lo; i < hi; i++)
             {
-                Span<float> row = a.Slice(i * cols, cols);
-                double norm = norms[i];
-                for (int pass = 0; pass < MaxPasses && i > 0; pass++)
-                {
-                    if (pass == 0)
-                    {
-                        for (int j = lo; j < i; j++)
-                        {
-                            ReadOnlySpan<float> q = a.Slice(j * cols, cols);
-                            TensorPrimitives.FusedMultiplyAdd(q, -TensorPrimitives.Dot(q, row), row, row);
-                        }
-                    }
-                    else
-                    {
-                        // Classical Gram–Schmidt against the whole prefix: two matrix-vector products.
-                        Span<float> coef = coefficients.AsSpan(0, i);
-                        ReadOnlySpan<float> basis = a[..(i * cols)];
-                        Gemm.Multiply(Transpose.No, Transpose.Yes, 1, i, cols, 1f, row, cols, basis, cols, 0f, coef, i);
-                        Gemm.Multiply(Transpose.No, Transpose.No, 1, cols, i, -1f, coef, i, basis, cols, 1f, row, cols);
-                    }
-
-                    double after = MatrixKernels.FrobeniusNorm(row);
-                    bool again = after < ReorthogonalizeBelow * norm && after > tolerance * original[i];
-                    norm = after;
-                    if (!again)
-                    {
-                        break;
-                    }
-                }
-
-                if (!(norm > tolerance * original[i]))
-                {
-                    ReplaceWithUnitVector(a, i, cols);
-                }
-                else
-                {
-                    TensorPrimitives.Multiply(row, (float)(1.0 / norm), row);
-                }
-
                 norms[i] = 1;
             }
+
+            ProjectOut(a, lo, hi, 0, lo, cols, original, norms, tolerance);
         }
-        finally
+
+        // Pathological input (e.g. nearly square with replacements falling into the prefix): row by row against everything before.
+        for (int i = lo; i < hi; i++)
         {
-            ArrayPool<float>.Shared.Return(coefficients);
+            Span<float> row = a.Slice(i * cols, cols);
+            double before = MatrixKernels.FrobeniusNorm(row);
+            for (int pass = 0; pass < 2; pass++)
+            {
+                for (int j = 0; j < i; j++)
+                {
+                    ReadOnlySpan<float> q = a.Slice(j * cols, cols);
+                    TensorPrimitives.FusedMultiplyAdd(q, -TensorPrimitives.Dot(q, row), row, row);
+                }
+            }
+
+            double norm = MatrixKernels.FrobeniusNorm(row);
+            if (!(norm > 0.5 * before))
+            {
+                ReplaceWithUnitVector(a, i, cols);
+            }
+            else
+            {
+                TensorPrimitives.Multiply(row, (float)(1.0 / norm), row);
+            }
+        }
+    }
+
+    /// <summary>
+    /// One modified Gram–Schmidt sweep over rows [lo, hi) against each other only. Rows at the noise level are
+    /// replaced by pseudo-random vectors (seeded by row and <paramref name="round"/>). Returns whether a row was replaced
+    /// or lost more than 1 − 1/√2 of its norm, i.e. whether the block needs another projection against [0, lo).
+    /// </summary>
+    private static bool GramSchmidtWithinBlock(Span<float> a, int lo, int hi, int cols, double[] original, double[] norms, double tolerance, int round)
+    {
+        bool needPrefix = false;
+        for (int i = lo; i < hi; i++)
+        {
+            Span<float> row = a.Slice(i * cols, cols);
+            double entering = norms[i];
+            double norm = ProjectWithinBlock(a, row, lo, i, cols, entering, tolerance * original[i]);
+            if (!(norm > tolerance * original[i]))
+            {
+                FillGeneric(row, seed: 0x51ED + round, offset: (long)i * cols);
+                double fresh = MatrixKernels.FrobeniusNorm(row);
+                norm = ProjectWithinBlock(a, row, lo, i, cols, fresh, tolerance * fresh);
+                needPrefix = true;
+                entering = fresh;
+            }
+
+            needPrefix |= norm < ReorthogonalizeBelow * entering;
+            TensorPrimitives.Multiply(row, (float)(1.0 / norm), row);
+            original[i] = 1;
+            norms[i] = 1;
+        }
+
+        return needPrefix;
+    }
+
+    /// <summary>Projects <paramref name="row"/> against rows [lo, i) (modified Gram–Schmidt, repeated while it loses much); returns its norm.</summary>
+    private static double ProjectWithinBlock(Span<float> a, Span<float> row, int lo, int i, int cols, double norm, double floor)
+    {
+        for (int pass = 0; pass < MaxPasses && i > lo; pass++)
+        {
+            for (int j = lo; j < i; j++)
+            {
+                ReadOnlySpan<float> q = a.Slice(j * cols, cols);
+                TensorPrimitives.FusedMultiplyAdd(q, -TensorPrimitives.Dot(q, row), row, row);
+            }
+
+            double after = MatrixKernels.FrobeniusNorm(row);
+            bool again = after < ReorthogonalizeBelow * norm && after > floor;
+            norm = after;
+            if (!again)
+            {
+                break;
+            }
+        }
+
+        return norm;
+    }
+
+    /// <summary>
+    /// Fills <paramref name="row"/> with deterministic pseudo-random values uniform in [−1, 1) (a hash of seed and
+    /// index; any generic direction will do, and this is much cheaper than Gaussian samples).
+    /// </summary>
+    internal static void FillGeneric(Span<float> row, long seed, long offset)
+    {
+        ulong key = (ulong)seed * 0x9E3779B97F4A7C15UL;
+        for (int j = 0; j < row.Length; j++)
+        {
+            ulong z = key + ((ulong)(offset + j) * 0xD1B54A32D192ED03UL);
+            z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
+            z = (z ^ (z >> 27)) * 0x94D049BB133111EBUL;
+            z ^= z >> 31;
+            row[j] = ((z >> 40) * (2f / (1 << 24))) - 1f;
         }
     }
 

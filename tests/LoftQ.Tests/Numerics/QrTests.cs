@@ -86,6 +86,30 @@ public class QrTests
         Assert.True(span < 3e-5, $"span residual {span}");
     }
 
+    [Theory]
+    [InlineData(96, 1024, 24)]
+    [InlineData(40, 48, 30)]
+    public void NumericallyRankDeficientRowsGiveAnOrthonormalBasisContainingThem(int rows, int cols, int rank)
+    {
+        // rows = C·B with rank-many graded directions (weights 0.8^j): most rows are dependent at float precision.
+        float[] c = GemmTests.Random(rows * rank, 41), b = GemmTests.Random(rank * cols, 42);
+        for (int i = 0; i < rows; i++)
+        {
+            for (int j = 0; j < rank; j++)
+            {
+                c[(i * rank) + j] *= MathF.Pow(0.8f, j);
+            }
+        }
+
+        float[] a = new float[rows * cols];
+        Gemm.Multiply(Transpose.No, Transpose.No, rows, cols, rank, 1f, c, rank, b, cols, 0f, a, cols);
+        float[] original = (float[])a.Clone();
+        Qr.OrthonormalizeRows(a, rows, cols);
+        double error = OrthonormalityError(a, rows, cols);
+        Assert.True(error < 2e-6, $"‖QQᵀ − I‖max = {error}");
+        Assert.True(SpanResidual(original, a, rows, cols) < 3e-5);
+    }
+
     [Fact]
     public void DependentAndZeroRowsAreReplacedByOrthogonalUnitVectors()
     {
