@@ -31,7 +31,10 @@ internal static class Qr
     /// projected against it with two GEMMs (repeated while a row loses more than 1 − 1/√2 of its norm, so
     /// ill-conditioned input stays orthogonal to working precision), then the second half is orthonormalised.
     /// Blocks of at most <see cref="BaseBlock"/> rows use modified Gram–Schmidt with the same re-orthogonalisation
-    /// rule. The result does not depend on the thread count.
+    /// rule; when a row of such a block cancels heavily or is replaced, the whole block is projected against all
+    /// earlier rows again and re-orthonormalised (block CGS2), which keeps ‖QQᵀ − I‖ near float rounding even for
+    /// power-iterated sketches whose condition number is far beyond 1/ε. Replacement vectors are hashed from the
+    /// row index, so the result is deterministic and does not depend on the thread count.
     /// </remarks>
     /// <exception cref="ArgumentException">rows &gt; cols, the span is too short, or a row is not finite.</exception>
     public static void OrthonormalizeRows(Span<float> a, int rows, int cols)
