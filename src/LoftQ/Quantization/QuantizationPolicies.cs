@@ -106,6 +106,8 @@ public static partial class QuantizationPolicies
 
     private sealed class UniformPolicy(IQuantizer quantizer) : IQuantizationPolicy
     {
+        public IQuantizer Quantizer => quantizer;
+
         public IQuantizer Select(string tensorName)
         {
             ArgumentNullException.ThrowIfNull(tensorName);
@@ -148,6 +150,6 @@ public static partial class QuantizationPolicies
         }
 
         public string Describe() =>
-            string.Join("; ", rules.Select(r => $"/{r.Pattern}/ → {r.Quantizer.Name}")) + (rules.Count > 0 ? "; " : string.Empty) + $"otherwise {fallback.Describe()}";
+            string.Join("; ", rules.Select(r => $"/{r.Pattern}/ → {r.Quantizer.Name}")) + (rules.Count > 0 ? "; " : string.Empty) + $"otherwise {(fallback is UniformPolicy u ? u.Quantizer.Name : fallback.Describe())}";
     }
 }
