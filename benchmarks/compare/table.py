@@ -11,10 +11,10 @@ for r in rows:
 print("| case | implementation | time (s) | LoftQ.NET speed-up | rel. error | throughput | peak RSS (MB) |")
 print("|---|---|---:|---:|---:|---:|---:|")
 for case, results in by_case.items():
-    ours = next((r for r in results if r["impl"].startswith("loftq.net")), None)
+    ours = next((r for r in results if r["impl"] == "loftq.net"), None) or next((r for r in results if r["impl"].startswith("loftq.net")), None)
     for r in results:
         ratio = ""
-        if ours is not None and r is not ours and ours.get("seconds"):
+        if ours is not None and r is not ours and not r["impl"].startswith("loftq.net") and ours.get("seconds"):
             ratio = f"{r['seconds'] / ours['seconds']:.1f}x"
         err = f"{r['error']:.4f}" if "error" in r else ""
         thr = f"{r['gflops']:.1f} GFLOP/s" if "gflops" in r else (f"{r['gbps']:.2f} GB/s" if "gbps" in r else "")
