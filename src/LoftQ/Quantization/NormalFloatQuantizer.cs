@@ -8,13 +8,13 @@ namespace LoftQNet.Quantization;
 /// quantiles. NF4's code book is bitsandbytes' table exactly.
 /// </summary>
 /// <remarks>
-/// Each block of <see cref="BlockSize"/> row-major values is scaled by its absmax (fp32); each value gets the code
+/// Each block of <see cref="BlockwiseQuantizer.BlockSize"/> row-major values is scaled by its absmax (fp32); each value gets the code
 /// of the level nearest to <c>x · (1 / absmax)</c> (ties to the lower index), which is how bitsandbytes'
 /// kernel computes it. An all-zero block has scale 0 and dequantizes to exact zeros. Codes are packed as a
 /// big-endian bit stream (bitsandbytes' nibble order for 4 bits). Quantization is a fused, SIMD, multi-threaded
 /// single pass; instances are immutable and safe to use from several threads at once.
 /// </remarks>
-public sealed class NormalFloatQuantizer : IQuantizer
+public sealed class NormalFloatQuantizer : BlockwiseQuantizer
 {
     private static readonly float[] s_nf4 =
     [
@@ -24,42 +24,14 @@ public sealed class NormalFloatQuantizer : IQuantizer
         0.7229568362236023f, 1.0f,
     ];
 
-    private readonly float[] _codeBook;
-    private readonly BlockwiseCodec _codec;
-
     /// <summary>Creates an NF quantizer.</summary>
     /// <param name="bits">2, 3, 4 or 8.</param>
     /// <param name="blockSize">Values per absmax block (2..1,048,576; 64 is LoftQ's and bitsandbytes' default).</param>
     /// <exception cref="ArgumentOutOfRangeException">Unsupported bits or block size.</exception>
     public NormalFloatQuantizer(int bits, int blockSize = 64)
+        : base($"nf{bits}", ValidBits(bits), blockSize, CreateCodeBook(ValidBits(bits)), asymmetric: false)
     {
-        if (bits is not (2 or 3 or 4 or 8))
-        {
-            throw new ArgumentOutOfRangeException(nameof(bits), $"NormalFloat supports 2, 3, 4 or 8 bits, got {bits}.");
-        }
-
-        if (blockSize is < 2 or > 1 << 20)
-        {
-            throw new ArgumentOutOfRangeException(nameof(blockSize), $"Block size must be in 2..1048576, got {blockSize}.");
-        }
-
-        Bits = bits;
-        BlockSize = blockSize;
-        _codeBook = CreateCodeBook(bits);
-        _codec = new BlockwiseCodec($"nf{bits}", bits, blockSize, _codeBook, asymmetric: false);
     }
-
-    /// <inheritdoc/>
-    public string Name => $"nf{Bits}";
-
-    /// <inheritdoc/>
-    public int Bits { get; }
-
-    /// <inheritdoc/>
-    public int BlockSize { get; }
-
-    /// <summary>The 2^bits ascending levels in [-1, 1].</summary>
-    public ReadOnlySpan<float> CodeBook => _codeBook;
 
     /// <summary>
     /// The NormalFloat code book for <paramref name="bits"/>: bitsandbytes' table for 4 bits, otherwise LoftQ's
@@ -104,28 +76,12 @@ public sealed class NormalFloatQuantizer : IQuantizer
         return levels.Select(v => (float)(v / max)).ToArray();
     }
 
-    /// <inheritdoc/>
-    public QuantizedTensor Quantize(ReadOnlySpan<float> values, TensorShape shape) => _codec.Run(values, shape, default, fused: false);
-
-    /// <inheritdoc/>
-    public void Dequantize(QuantizedTensor quantized, Span<float> destination)
-    {
-        ArgumentNullException.ThrowIfNull(quantized);
-        quantized.Dequantize(destination);
-    }
-
-    /// <inheritdoc/>
-    public QuantizedTensor QuantizeDequantize(ReadOnlySpan<float> values, TensorShape shape, Span<float> dequantized) =>
-        _codec.Run(values, shape, dequantized, fused: true);
-
-    /// <inheritdoc/>
-    public override string ToString() => $"{Name} (block {BlockSize})";
-
-    /// <summary>The shared engine (tests reach its scalar reference through it).</summary>
-    internal BlockwiseCodec Codec => _codec;
-
     /// <summary>Index of the level nearest to <paramref name="x"/>; ties go to the lower index.</summary>
     internal static int Nearest(ReadOnlySpan<float> levels, float x) => QuantizationKernels.NearestScalar(levels, x);
+
+    private static int ValidBits(int bits) => bits is 2 or 3 or 4 or 8
+        ? bits
+        : throw new ArgumentOutOfRangeException(nameof(bits), $"NormalFloat supports 2, 3, 4 or 8 bits, got {bits}.");
 
     private static double[] Linspace(double start, double stop, int count)
     {

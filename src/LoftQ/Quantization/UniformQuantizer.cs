@@ -14,50 +14,21 @@ namespace LoftQNet.Quantization;
 /// scale maps the whole block to code of the level nearest 0. Same fused, SIMD, multi-threaded engine as
 /// <see cref="NormalFloatQuantizer"/>; instances are immutable and thread-safe.</para>
 /// </remarks>
-public sealed class UniformQuantizer : IQuantizer
+public sealed class UniformQuantizer : BlockwiseQuantizer
 {
-    private readonly float[] _levels;
-    private readonly BlockwiseCodec _codec;
-
     /// <summary>Creates a uniform quantizer.</summary>
     /// <param name="bits">2..8.</param>
     /// <param name="blockSize">Values per block (2..1,048,576).</param>
     /// <param name="asymmetric">Use per-block min/max (scale and offset) instead of the symmetric absmax.</param>
     /// <exception cref="ArgumentOutOfRangeException">Unsupported bits or block size.</exception>
     public UniformQuantizer(int bits, int blockSize = 64, bool asymmetric = false)
+        : base(asymmetric ? $"uniform{bits}-asym" : $"uniform{bits}", ValidBits(bits), blockSize, CreateLevels(ValidBits(bits), asymmetric), asymmetric)
     {
-        if (bits is < 2 or > 8)
-        {
-            throw new ArgumentOutOfRangeException(nameof(bits), $"Uniform quantization supports 2..8 bits, got {bits}.");
-        }
-
-        if (blockSize is < 2 or > 1 << 20)
-        {
-            throw new ArgumentOutOfRangeException(nameof(blockSize), $"Block size must be in 2..1048576, got {blockSize}.");
-        }
-
-        Bits = bits;
-        BlockSize = blockSize;
         IsAsymmetric = asymmetric;
-        _levels = CreateLevels(bits, asymmetric);
-        Name = asymmetric ? $"uniform{bits}-asym" : $"uniform{bits}";
-        _codec = new BlockwiseCodec(Name, bits, blockSize, _levels, asymmetric);
     }
-
-    /// <inheritdoc/>
-    public string Name { get; }
-
-    /// <inheritdoc/>
-    public int Bits { get; }
-
-    /// <inheritdoc/>
-    public int BlockSize { get; }
 
     /// <summary>Whether blocks use min/max (scale and offset) rather than the symmetric absmax.</summary>
     public bool IsAsymmetric { get; }
-
-    /// <summary>The 2^bits ascending levels: linspace(−1, 1) when symmetric, linspace(0, 1) when asymmetric.</summary>
-    public ReadOnlySpan<float> CodeBook => _levels;
 
     /// <summary>The normalized levels for <paramref name="bits"/>: <c>linspace(−1, 1, 2^b)</c> or <c>linspace(0, 1, 2^b)</c>.</summary>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="bits"/> is outside 1..8.</exception>
@@ -80,23 +51,7 @@ public sealed class UniformQuantizer : IQuantizer
         return levels;
     }
 
-    /// <inheritdoc/>
-    public QuantizedTensor Quantize(ReadOnlySpan<float> values, TensorShape shape) => _codec.Run(values, shape, default, fused: false);
-
-    /// <inheritdoc/>
-    public void Dequantize(QuantizedTensor quantized, Span<float> destination)
-    {
-        ArgumentNullException.ThrowIfNull(quantized);
-        quantized.Dequantize(destination);
-    }
-
-    /// <inheritdoc/>
-    public QuantizedTensor QuantizeDequantize(ReadOnlySpan<float> values, TensorShape shape, Span<float> dequantized) =>
-        _codec.Run(values, shape, dequantized, fused: true);
-
-    /// <inheritdoc/>
-    public override string ToString() => $"{Name} (block {BlockSize})";
-
-    /// <summary>The shared engine (tests reach its scalar reference through it).</summary>
-    internal BlockwiseCodec Codec => _codec;
+    private static int ValidBits(int bits) => bits is >= 2 and <= 8
+        ? bits
+        : throw new ArgumentOutOfRangeException(nameof(bits), $"Uniform quantization supports 2..8 bits, got {bits}.");
 }

@@ -1,0 +1,61 @@
+using LoftQNet.Numerics;
+
+namespace LoftQNet.Quantization;
+
+/// <summary>
+/// The common base of the built-in quantizers: a fixed code book of 2^<see cref="Bits"/> levels, one fp32 scale
+/// (and, when asymmetric, one offset) per block of <see cref="BlockSize"/> row-major values, and a fused, SIMD,
+/// multi-threaded engine behind <see cref="Quantize"/>, <see cref="Dequantize"/> and <see cref="QuantizeDequantize"/>.
+/// Instances are immutable and safe to use from several threads at once.
+/// </summary>
+public abstract class BlockwiseQuantizer : IQuantizer
+{
+    private readonly float[] _codeBook;
+    private readonly BlockwiseCodec _codec;
+
+    private protected BlockwiseQuantizer(string name, int bits, int blockSize, float[] codeBook, bool asymmetric)
+    {
+        if (blockSize is < 2 or > 1 << 20)
+        {
+            throw new ArgumentOutOfRangeException(nameof(blockSize), $"Block size must be in 2..1048576, got {blockSize}.");
+        }
+
+        Name = name;
+        Bits = bits;
+        BlockSize = blockSize;
+        _codeBook = codeBook;
+        _codec = new BlockwiseCodec(name, bits, blockSize, codeBook, asymmetric);
+    }
+
+    /// <inheritdoc/>
+    public string Name { get; }
+
+    /// <inheritdoc/>
+    public int Bits { get; }
+
+    /// <inheritdoc/>
+    public int BlockSize { get; }
+
+    /// <summary>The 2^<see cref="Bits"/> ascending levels the codes index.</summary>
+    public ReadOnlySpan<float> CodeBook => _codeBook;
+
+    /// <summary>The shared engine (tests reach its scalar reference through it).</summary>
+    internal BlockwiseCodec Codec => _codec;
+
+    /// <inheritdoc/>
+    public QuantizedTensor Quantize(ReadOnlySpan<float> values, TensorShape shape) => _codec.Run(values, shape, default, fused: false);
+
+    /// <inheritdoc/>
+    public void Dequantize(QuantizedTensor quantized, Span<float> destination)
+    {
+        ArgumentNullException.ThrowIfNull(quantized);
+        quantized.Dequantize(destination);
+    }
+
+    /// <inheritdoc/>
+    public QuantizedTensor QuantizeDequantize(ReadOnlySpan<float> values, TensorShape shape, Span<float> dequantized) =>
+        _codec.Run(values, shape, dequantized, fused: true);
+
+    /// <inheritdoc/>
+    public override string ToString() => $"{Name} (block {BlockSize})";
+}
