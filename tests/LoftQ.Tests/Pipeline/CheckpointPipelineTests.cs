@@ -11,22 +11,15 @@ public sealed class CheckpointPipelineTests(FixtureRuns runs) : IClassFixture<Fi
     // DESIGN.md §4: mean over the 56 target matrices of byte-llama-14m, r = 16, T = 5, exact SVD.
     private const double QLoRANf4 = 0.0924, LoftQNf4 = 0.0774, QLoRANf2 = 0.5622, LoftQNf2 = 0.4756;
 
-    [Fact]
-    public void Nf4_randomized_solver_is_within_one_percent_of_the_reference_numbers()
+    [Theory]
+    [InlineData(4, QLoRANf4, LoftQNf4)]
+    [InlineData(2, QLoRANf2, LoftQNf2)]
+    public void Randomized_solver_is_within_one_percent_of_the_reference_numbers(int bits, double qlora, double loftq)
     {
-        LoftQReport report = runs.Nf4.Report;
+        LoftQReport report = bits == 4 ? runs.Nf4.Report : runs.Nf2.Report;
         Assert.Equal(56, report.Layers.Count);
-        Assert.InRange(report.MeanQLoRAError, QLoRANf4 * 0.99, QLoRANf4 * 1.01);
-        Assert.InRange(report.MeanLoftQError, LoftQNf4 * 0.99, LoftQNf4 * 1.01);
-    }
-
-    [Fact]
-    public void Nf2_randomized_solver_is_within_one_percent_of_the_reference_numbers()
-    {
-        LoftQReport report = runs.Nf2.Report;
-        Assert.Equal(56, report.Layers.Count);
-        Assert.InRange(report.MeanQLoRAError, QLoRANf2 * 0.99, QLoRANf2 * 1.01);
-        Assert.InRange(report.MeanLoftQError, LoftQNf2 * 0.99, LoftQNf2 * 1.01);
+        Assert.InRange(report.MeanQLoRAError, qlora * 0.99, qlora * 1.01);
+        Assert.InRange(report.MeanLoftQError, loftq * 0.99, loftq * 1.01);
         Assert.All(report.Layers, l => Assert.True(l.RelativeError <= l.ErrorTrace[0] + 1e-12, $"{l.Name}: best pass worse than pass 1"));
     }
 
