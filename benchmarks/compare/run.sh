@@ -65,7 +65,7 @@ work = sys.argv[1]
 secs, kb = open(f"{work}/e2e.time").read().split()
 report = json.load(open(f"{work}/e2e.json"))
 print(json.dumps({"case": "byte-llama-14m end to end (loftq quantize, process start + writing)", "impl": "loftq.net-cli",
-                  "seconds": float(secs), "error": report["mean_loft_q_error"], "peak_rss_mb": int(kb) / 1024}))
+                  "seconds": float(secs), "error": report["mean_loftq_error"], "peak_rss_mb": int(kb) / 1024}))
 PY
 
 echo

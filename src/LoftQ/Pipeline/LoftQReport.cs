@@ -19,6 +19,7 @@ public sealed record LayerReport
     public required int Bits { get; init; }
 
     /// <summary>‖W − q(W)‖/‖W‖: the QLoRA baseline.</summary>
+    [JsonPropertyName("qlora_error")]
     public required double QLoRAError { get; init; }
 
     /// <summary>‖W − Q − B·A‖/‖W‖ after each pass.</summary>
@@ -50,9 +51,11 @@ public sealed record LoftQReport
     public required IReadOnlyList<LayerReport> Layers { get; init; }
 
     /// <summary>Mean over targets of the QLoRA error.</summary>
+    [JsonPropertyName("mean_qlora_error")]
     public double MeanQLoRAError => Layers.Count == 0 ? 0 : Layers.Average(l => l.QLoRAError);
 
     /// <summary>Mean over targets of the LoftQ error (kept pass).</summary>
+    [JsonPropertyName("mean_loftq_error")]
     public double MeanLoftQError => Layers.Count == 0 ? 0 : Layers.Average(l => l.RelativeError);
 
     /// <summary>Average bits per target weight.</summary>

@@ -37,6 +37,13 @@ public sealed class CliTests
         var report = (JsonObject)JsonNode.Parse(stdout)!;
         Assert.Equal(8, report["layers"]!.AsArray().Count);
         Assert.Equal("4", report["settings"]!["rank"]!.GetValue<string>());
+        JsonObject layer = report["layers"]![0]!.AsObject();
+        Assert.Equal(
+            ["best_pass", "bits", "error_trace", "name", "qlora_error", "quantizer", "relative_error", "seconds", "shape"],
+            layer.Select(kv => kv.Key).Order(StringComparer.Ordinal));
+        double meanLoftQ = report["layers"]!.AsArray().Average(l => l!["relative_error"]!.GetValue<double>());
+        Assert.Equal(meanLoftQ, report["mean_loftq_error"]!.GetValue<double>(), 12);
+        Assert.True(report["mean_qlora_error"]!.GetValue<double>() > meanLoftQ);
         Assert.Contains("[8/8]", stderr, StringComparison.Ordinal);
     }
 
