@@ -73,28 +73,49 @@ internal static class CheckpointPipeline
                             progress?.Report(new LoftQProgress(LoftQProgressKind.LayerCompleted, completed, targets.Count, output.Report));
                         });
 
-                    var entries = new List<SafeTensorEntry>(file.Tensors.Count);
+                    // Stream the shard: copied tensors go straight from the memory-mapped input to the output, so
+                    // only the new target tensors of this shard are held in memory.
+                    var descriptors = new List<SafeTensorDescriptor>(file.Tensors.Count);
                     foreach (SafeTensorInfo info in file.Tensors)
                     {
                         if (outputs.TryGetValue(info.Name, out TargetOutput? output))
                         {
-                            entries.AddRange(output.BackboneEntries);
+                            descriptors.AddRange(output.BackboneEntries.Select(e => e.Descriptor));
                             layers.Add(output.Report);
                             adapters.Add(output.Adapter);
                         }
                         else
                         {
-                            entries.Add(new SafeTensorEntry(info.Name, info.DType, info.Shape, file.GetBytes(info.Name).ToArray()));
+                            descriptors.Add(new SafeTensorDescriptor(info.Name, info.DType, info.Shape));
                         }
                     }
 
-                    foreach (SafeTensorEntry entry in entries)
+                    using (SafeTensorsWriter writer = SafeTensorsWriter.Create(Path.Combine(staging.Path, shard), descriptors, file.Metadata))
                     {
-                        weightMap[entry.Name] = shard;
-                        totalBytes += entry.Data.Length;
+                        foreach (SafeTensorInfo info in file.Tensors)
+                        {
+                            if (outputs.TryGetValue(info.Name, out TargetOutput? output))
+                            {
+                                foreach (SafeTensorEntry entry in output.BackboneEntries)
+                                {
+                                    writer.WriteTensor(entry.Name, entry.Data.Span);
+                                }
+                            }
+                            else
+                            {
+                                writer.WriteTensor(info.Name, file.GetBytes(info.Name));
+                            }
+                        }
+
+                        writer.Commit();
                     }
 
-                    SafeTensorsWriter.Write(Path.Combine(staging.Path, shard), entries, file.Metadata);
+                    foreach (SafeTensorDescriptor d in descriptors)
+                    {
+                        weightMap[d.Name] = shard;
+                        totalBytes += d.ByteLength;
+                    }
+
                     progress?.Report(new LoftQProgress(LoftQProgressKind.ShardWritten, done, targets.Count, Message: shard));
                 }
 
