@@ -1,6 +1,5 @@
 using System.Reflection;
 using System.Runtime.InteropServices;
-using System.Runtime.Intrinsics;
 using System.Text;
 using LoftQNet.LowRank;
 using LoftQNet.Numerics;
@@ -73,10 +72,8 @@ public static class LoftQ
         sb.AppendLine($"LoftQ.NET {version}");
         sb.AppendLine($"Runtime: {RuntimeInformation.FrameworkDescription} on {RuntimeInformation.OSDescription} ({RuntimeInformation.ProcessArchitecture})");
         sb.AppendLine("Backend: managed CPU (SIMD GEMM, fused quantizers); CUDA: not part of this build");
-        sb.AppendLine($"SIMD: Vector512 {Accel(Vector512.IsHardwareAccelerated)}, Vector256 {Accel(Vector256.IsHardwareAccelerated)}, Vector128 {Accel(Vector128.IsHardwareAccelerated)}; Vector<float>.Count = {System.Numerics.Vector<float>.Count}");
-        sb.AppendLine($"Threads: {ComputeSettings.MaxThreads} (processors: {Environment.ProcessorCount}; override with LOFTQ_NUM_THREADS)");
+        sb.AppendLine(SimdInfo.Describe());
+        sb.AppendLine("Threads can be capped with LOFTQ_NUM_THREADS or ComputeSettings.MaxThreads; results do not depend on them.");
         return sb.ToString();
-
-        static string Accel(bool on) => on ? "accelerated" : "not accelerated";
     }
 }

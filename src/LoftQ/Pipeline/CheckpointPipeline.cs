@@ -303,7 +303,17 @@ internal static class CheckpointPipeline
             ComputeSettings.ParallelFor(targets.Count, threads, i =>
             {
                 cancellationToken.ThrowIfCancellationRequested();
-                TargetOutput output = ProcessTarget(file, targets[i], options, policy, fanInFanOut);
+                TargetOutput output;
+            try
+            {
+                output = ProcessTarget(file, targets[i], options, policy, fanInFanOut);
+            }
+            catch (ArgumentException e)
+            {
+                // E.g. a NaN weight: say which tensor of which file, not only which element.
+                throw new ArgumentException($"Tensor '{targets[i].Name}' in '{file.Path}': {e.Message}", e);
+            }
+
                 outputs[targets[i].Name] = output;
                 completed(output);
             });

@@ -119,7 +119,8 @@ public sealed class CliTests
     {
         (int code, string stdout, _) = Run("describe");
         Assert.Equal(0, code);
-        Assert.Contains("Vector256", stdout, StringComparison.Ordinal);
-        Assert.Contains("Threads:", stdout, StringComparison.Ordinal);
+        Assert.Contains("Vector256=", stdout, StringComparison.Ordinal);
+        Assert.Contains("GEMM kernel:", stdout, StringComparison.Ordinal);
+        Assert.Contains($"threads: {LoftQNet.Numerics.ComputeSettings.MaxThreads}", stdout, StringComparison.Ordinal);
     }
 }

@@ -63,6 +63,20 @@ public sealed class Gpt2PipelineTests
         Assert.False(Directory.Exists(dir.Combine("out")));
     }
 
+    [Fact]
+    public void A_non_finite_weight_is_reported_with_its_tensor_and_file_and_leaves_no_output()
+    {
+        using var dir = new TempDirectory();
+        string model = dir.Combine("gpt2");
+        WriteTinyGpt2(model, poison: "transformer.h.1.mlp.c_fc.weight");
+        ArgumentException e = Assert.Throws<ArgumentException>(() =>
+            LoftQ.Initialize(model, dir.Combine("out"), new LoftQOptions { Bits = 4, Rank = 8, Iterations = 2 }));
+        Assert.Contains("transformer.h.1.mlp.c_fc.weight", e.Message, StringComparison.Ordinal);
+        Assert.Contains("model.safetensors", e.Message, StringComparison.Ordinal);
+        Assert.Contains("NaN", e.Message, StringComparison.Ordinal);
+        Assert.Equal(["gpt2"], Directory.EnumerateFileSystemEntries(dir.Path).Select(Path.GetFileName));
+    }
+
     private static float[] TransposeOf(float[] values, int rows, int cols)
     {
         var t = new float[values.Length];
@@ -70,7 +84,7 @@ public sealed class Gpt2PipelineTests
         return t;
     }
 
-    private static Dictionary<string, (long[] Shape, float[] Values)> WriteTinyGpt2(string directory)
+    private static Dictionary<string, (long[] Shape, float[] Values)> WriteTinyGpt2(string directory, string? poison = null)
     {
         Directory.CreateDirectory(directory);
         File.WriteAllText(Path.Combine(directory, "config.json"),
@@ -81,6 +95,11 @@ public sealed class Gpt2PipelineTests
         {
             var values = new float[shape.Aggregate(1L, (x, y) => x * y)];
             Gaussian.Fill(values, seed++, 0.05f);
+            if (name == poison)
+            {
+                values[values.Length / 3] = float.NaN;
+            }
+
             tensors[name] = (shape, values);
         }
 
