@@ -121,16 +121,15 @@ public sealed class RandomizedSvdSolver : IWarmStartLowRankSolver
         Gemm.Multiply(Transpose.No, Transpose.No, l, n, m, 1f, u.Span, m, mat, n, 0f, v.Span, n);
         using var p = v.Clone();
         Qr.OrthonormalizeRows(p.Span, l, n);
+        // The small ℓ×ℓ projection C·Pᵀ in double: widen each row once, then ℓ² dot products.
+        double[] cWide = Widen(v.Span), pWide = Widen(p.Span);
         var small = DenseMatrix.Create(l, l, 0.0);
-        var rowC = new double[n];
-        var rowP = new double[n];
         for (int i = 0; i < l; i++)
         {
-            Widen(v.Row(i), rowC);
+            ReadOnlySpan<double> rowC = cWide.AsSpan(i * n, n);
             for (int j = 0; j < l; j++)
             {
-                Widen(p.Row(j), rowP);
-                small[i, j] = System.Numerics.Tensors.TensorPrimitives.Dot<double>(rowC, rowP);
+                small[i, j] = System.Numerics.Tensors.TensorPrimitives.Dot<double>(rowC, pWide.AsSpan(j * n, n));
             }
         }
 
@@ -174,11 +173,10 @@ public sealed class RandomizedSvdSolver : IWarmStartLowRankSolver
         return (long)(h >> 24) + ((long)n << 10);
     }
 
-    private static void Widen(ReadOnlySpan<float> source, Span<double> destination)
+    private static double[] Widen(ReadOnlySpan<float> source)
     {
-        for (int i = 0; i < source.Length; i++)
-        {
-            destination[i] = source[i];
-        }
+        var wide = new double[source.Length];
+        System.Numerics.Tensors.TensorPrimitives.ConvertTruncating<float, double>(source, wide);
+        return wide;
     }
 }
