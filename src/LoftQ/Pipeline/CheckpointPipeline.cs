@@ -160,27 +160,27 @@ internal static class CheckpointPipeline
     {
         if (o.Rank < 1)
         {
-            throw new ArgumentException($"--rank must be at least 1, got {o.Rank}.", nameof(o.Rank));
+            throw new ArgumentException($"--rank must be at least 1, got {o.Rank}.");
         }
 
         if (o.Iterations < 0)
         {
-            throw new ArgumentException($"--iters must be 0 (QLoRA) or more, got {o.Iterations}.", nameof(o.Iterations));
+            throw new ArgumentException($"--iters must be 0 (QLoRA) or more, got {o.Iterations}.");
         }
 
         if (o.BlockSize is < 2 or > 1 << 20)
         {
-            throw new ArgumentException($"--block-size must be in 2..1048576, got {o.BlockSize}.", nameof(o.BlockSize));
+            throw new ArgumentException($"--block-size must be in 2..1048576, got {o.BlockSize}.");
         }
 
         if (o.Alpha is int alpha && alpha < 1)
         {
-            throw new ArgumentException($"--alpha must be a positive integer, got {alpha}.", nameof(o.Alpha));
+            throw new ArgumentException($"--alpha must be a positive integer, got {alpha}.");
         }
 
         if (o.Threads is int t && t < 1)
         {
-            throw new ArgumentException($"--threads must be at least 1, got {t}.", nameof(o.Threads));
+            throw new ArgumentException($"--threads must be at least 1, got {t}.");
         }
 
         if (o.Policy is null)
@@ -188,26 +188,26 @@ internal static class CheckpointPipeline
             bool whole = o.Bits == Math.Floor(o.Bits);
             if (whole && !IsSupportedBits(o.Quantizer, (int)o.Bits))
             {
-                throw new ArgumentException($"--bits {o.Bits} is not supported by the {QuantizerFlag(o.Quantizer)} quantizer ({SupportedBitsText(o.Quantizer)}).", nameof(o.Bits));
+                throw new ArgumentException($"--bits {o.Bits} is not supported by the {QuantizerFlag(o.Quantizer)} quantizer ({SupportedBitsText(o.Quantizer)}).");
             }
 
             if (!whole && !(o.Bits > 2 && o.Bits < 4))
             {
-                throw new ArgumentException($"--bits {o.Bits}: a fractional value selects LoftQ's mixed precision and must lie between 2 and 4.", nameof(o.Bits));
+                throw new ArgumentException($"--bits {o.Bits}: a fractional value selects LoftQ's mixed precision and must lie between 2 and 4.");
             }
 
             foreach ((string pattern, int bits) in o.BitsPatterns ?? [])
             {
                 if (!IsSupportedBits(o.Quantizer, bits))
                 {
-                    throw new ArgumentException($"--bits-pattern '{pattern}={bits}': {bits} bits is not supported by the {QuantizerFlag(o.Quantizer)} quantizer ({SupportedBitsText(o.Quantizer)}).", nameof(o.BitsPatterns));
+                    throw new ArgumentException($"--bits-pattern '{pattern}={bits}': {bits} bits is not supported by the {QuantizerFlag(o.Quantizer)} quantizer ({SupportedBitsText(o.Quantizer)}).");
                 }
             }
         }
 
         if (o.DoubleQuant && o.Format != OutputFormat.BitsAndBytesNf4)
         {
-            throw new ArgumentException("--double-quant applies only to --format bnb-nf4.", nameof(o.DoubleQuant));
+            throw new ArgumentException("--double-quant applies only to --format bnb-nf4.");
         }
     }
 
