@@ -24,7 +24,8 @@ fi
 
 echo "building ..." >&2
 dotnet build -c Release -v q --nologo benchmarks/LoftQ.Benchmarks >&2
-dotnet publish -c Release -v q --nologo src/LoftQ.Cli -o "$work/loftq" >&2
+case "$(uname -m)" in aarch64) rid=linux-arm64 ;; *) rid=linux-x64 ;; esac
+dotnet publish -c Release -v q --nologo -r "$rid" --self-contained false src/LoftQ.Cli -o "$work/loftq" >&2   # ReadyToRun
 bench="dotnet $root/benchmarks/LoftQ.Benchmarks/bin/Release/net10.0/LoftQ.Benchmarks.dll"
 
 echo "making inputs in $work ..." >&2

@@ -72,7 +72,7 @@ internal static class InspectCommand
             {
                 foreach (SafeTensorInfo t in tensors)
                 {
-                    list.Add(new JsonObject
+                    list.Add((JsonNode)new JsonObject
                     {
                         ["name"] = t.Name,
                         ["file"] = shard,
