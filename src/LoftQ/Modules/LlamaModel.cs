@@ -151,13 +151,7 @@ public sealed class LlamaModel
         for (int i = 0; i < x.Rows; i++)
         {
             ReadOnlySpan<float> row = x.Row(i);
-            double sumSquares = 0;
-            foreach (float value in row)
-            {
-                sumSquares += (double)value * value;
-            }
-
-            float inv = (float)(1.0 / Math.Sqrt((sumSquares / row.Length) + _c.RmsNormEps));
+            float inv = (float)(1.0 / Math.Sqrt((MatrixKernels.SumOfSquares(row) / row.Length) + _c.RmsNormEps));
             Span<float> outRow = y.Row(i);
             TensorPrimitives.Multiply(row, inv, outRow);
             TensorPrimitives.Multiply(outRow, weight, outRow);

@@ -79,8 +79,11 @@ internal static class MatrixKernels
     }
 
     /// <summary>√Σx², accumulated in double precision.</summary>
-    public static double FrobeniusNorm(ReadOnlySpan<float> values) =>
-        Math.Sqrt(SumOfSquares(values, Vector512.IsHardwareAccelerated ? 512 : Vector256.IsHardwareAccelerated ? 256 : 0));
+    public static double FrobeniusNorm(ReadOnlySpan<float> values) => Math.Sqrt(SumOfSquares(values));
+
+    /// <summary>Σx² in double precision, with the widest accelerated vectors.</summary>
+    internal static double SumOfSquares(ReadOnlySpan<float> values) =>
+        SumOfSquares(values, Vector512.IsHardwareAccelerated ? 512 : Vector256.IsHardwareAccelerated ? 256 : 0);
 
     /// <summary>Σx² in double precision using vectors of <paramref name="width"/> bits (512, 256, or 0 for scalar; tests force the fallbacks).</summary>
     internal static double SumOfSquares(ReadOnlySpan<float> values, int width)

@@ -71,14 +71,14 @@ public sealed class AlternatingOptimizer
         }
 
         var clock = Stopwatch.StartNew();
-        double weightNorm = Math.Sqrt(NormKernels.SumOfSquares(w));
+        double weightNorm = Math.Sqrt(MatrixKernels.SumOfSquares(w));
         var shape = new TensorShape(m, n);
         using var dequantized = Matrix.Uninitialized(m, n);
 
         if (iterations == 0)
         {
             QuantizedTensor q0 = Quantizer.QuantizeDequantize(w, shape, dequantized.Span);
-            double error = Relative(Math.Sqrt(NormKernels.DifferenceSquared(w, dequantized.Span)), weightNorm);
+            double error = Relative(Math.Sqrt(MatrixKernels.SquaredDistance(w, dequantized.Span)), weightNorm);
             Matrix a0 = KaimingUniformA(rank, n, Seed);
             Matrix b0 = Matrix.Zeros(m, rank);
             return new LoftQResult(q0, a0, b0, [error], 0, error, error, clock.Elapsed);
@@ -101,7 +101,7 @@ public sealed class AlternatingOptimizer
                 TensorPrimitives.Subtract(w, dequantized.Span, work.Span);
                 if (t == 1)
                 {
-                    qloraError = Relative(Math.Sqrt(NormKernels.SumOfSquares(work.Span)), weightNorm);
+                    qloraError = Relative(Math.Sqrt(MatrixKernels.SumOfSquares(work.Span)), weightNorm);
                 }
 
                 LowRankFactors factors = warm is not null ? warm.Decompose(work, rank, previous) : Solver.Decompose(work, rank);
@@ -110,7 +110,7 @@ public sealed class AlternatingOptimizer
                 // work = W − B·A, the input of the next quantization; the error is ‖work − deq(Q)‖.
                 w.CopyTo(work.Span);
                 Gemm.Multiply(Transpose.No, Transpose.No, m, n, rank, -1f, factors.B.Span, rank, factors.A.Span, n, 1f, work.Span, n);
-                double error = Relative(Math.Sqrt(NormKernels.DifferenceSquared(work.Span, dequantized.Span)), weightNorm);
+                double error = Relative(Math.Sqrt(MatrixKernels.SquaredDistance(work.Span, dequantized.Span)), weightNorm);
                 trace.Add(error);
 
                 if (error < bestError)

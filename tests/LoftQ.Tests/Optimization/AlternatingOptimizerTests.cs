@@ -205,28 +205,6 @@ public class AlternatingOptimizerTests
         Assert.All(result.B.Span.ToArray(), v => Assert.Equal(0f, v));
     }
 
-    [Fact]
-    public void NormKernelPathsAgreeWithScalar()
-    {
-        using Matrix a = Matrix.RandomNormal(1, 1037, 1);
-        using Matrix b = Matrix.RandomNormal(1, 1037, 2);
-        double scalar = NormKernels.DifferenceSquaredScalar(a.Span, b.Span, 0);
-        Assert.Equal(scalar, NormKernels.DifferenceSquared(a.Span, b.Span), 1e-12 * scalar);
-        Assert.Equal(scalar, NormKernels.DifferenceSquared128(a.Span, b.Span), 1e-12 * scalar);
-        if (System.Runtime.Intrinsics.Vector256.IsHardwareAccelerated)
-        {
-            Assert.Equal(scalar, NormKernels.DifferenceSquared256(a.Span, b.Span), 1e-12 * scalar);
-        }
-
-        if (System.Runtime.Intrinsics.Vector512.IsHardwareAccelerated)
-        {
-            Assert.Equal(scalar, NormKernels.DifferenceSquared512(a.Span, b.Span), 1e-12 * scalar);
-        }
-
-        double squares = a.Span.ToArray().Sum(x => (double)x * x);
-        Assert.Equal(squares, NormKernels.SumOfSquares(a.Span), 1e-9 * squares);
-    }
-
     /// <summary>A user-defined 3-bit symmetric uniform quantizer that implements only Quantize and Dequantize.</summary>
     private sealed class RoundingQuantizer : IQuantizer
     {
