@@ -333,12 +333,13 @@ internal static class CheckpointPipeline
         int rows = (int)info.Shape[0], cols = (int)info.Shape[1];
         using Matrix stored = Matrix.Uninitialized(rows, cols);
         file.ReadAsSingle(info.Name, stored.Span);
-        using Matrix weight = fanInFanOut ? stored.Transpose() : stored.Clone();
+        // GPT-2's Conv1D stores [in, out]: optimise in the [out, in] orientation, write back transposed.
+        using Matrix? transposed = fanInFanOut ? stored.Transpose() : null;
+        Matrix weight = transposed ?? stored;
         IQuantizer quantizer = policy.Select(info.Name);
-        ILowRankSolver solver = options.Solver == SolverKind.Exact
-            ? new ExactSvdSolver()
-            : new RandomizedSvdSolver(seed: LayerSeed(options.Seed, info.Name));
-        var optimizer = new AlternatingOptimizer(quantizer, solver) { Seed = LayerSeed(options.Seed, info.Name) };
+        int seed = LayerSeed(options.Seed, info.Name);
+        ILowRankSolver solver = options.Solver == SolverKind.Exact ? new ExactSvdSolver() : new RandomizedSvdSolver(seed: seed);
+        var optimizer = new AlternatingOptimizer(quantizer, solver) { Seed = seed };
         using LoftQResult result = optimizer.Run(weight, options.Rank, options.Iterations);
 
         var entries = new List<SafeTensorEntry>();
@@ -350,8 +351,8 @@ internal static class CheckpointPipeline
         {
             using Matrix q = Matrix.Uninitialized(weight.Rows, weight.Columns);
             quantizer.Dequantize(result.Quantized, q.Span);
-            using Matrix backbone = fanInFanOut ? q.Transpose() : q.Clone();
-            entries.Add(SafeTensorEntry.FromSingle(info.Name, info.Shape, backbone.Span, info.DType));
+            using Matrix? backTransposed = fanInFanOut ? q.Transpose() : null;
+            entries.Add(SafeTensorEntry.FromSingle(info.Name, info.Shape, (backTransposed ?? q).Span, info.DType));
         }
 
         // PEFT adds (alpha / r)·B·A: store B·r/alpha so the sum reproduces the optimizer's Q + B·A.
