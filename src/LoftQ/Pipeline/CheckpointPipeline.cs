@@ -46,7 +46,8 @@ internal static class CheckpointPipeline
             IReadOnlyList<string> targets = TargetSelector.Select(checkpoint, options.Targets);
             var targetSet = new HashSet<string>(targets, StringComparer.Ordinal);
             bool fanInFanOut = checkpoint.Config.FanInFanOut;
-            IQuantizationPolicy policy = BuildPolicy(options, checkpoint.Config.NumHiddenLayers);
+            var plan = new LoftQPlan(options, checkpoint.Config.NumHiddenLayers);
+            IQuantizationPolicy policy = plan.Policy;
             CheckTargets(checkpoint, targets, options, policy, fanInFanOut);
 
             using OutputStaging staging = OutputStaging.Create(outputDirectory, modelDirectory, options.Overwrite);
@@ -65,7 +66,7 @@ internal static class CheckpointPipeline
                     SafeTensorsFile file = checkpoint.OpenShard(shard);
                     List<SafeTensorInfo> shardTargets = file.Tensors.Where(t => targetSet.Contains(t.Name)).ToList();
                     Dictionary<string, TargetOutput> outputs = ProcessTargets(
-                        file, shardTargets, options, policy, fanInFanOut, cancellationToken,
+                        file, shardTargets, plan, fanInFanOut, cancellationToken,
                         output =>
                         {
                             int completed = Interlocked.Increment(ref done);
@@ -130,7 +131,7 @@ internal static class CheckpointPipeline
                 {
                     Model = Path.GetFullPath(modelDirectory),
                     Output = staging.Target,
-                    Settings = Describe(options, policy),
+                    Settings = plan.DescribeSettings(),
                     Layers = layers,
                     Seconds = clock.Elapsed.TotalSeconds,
                 };
@@ -216,7 +217,7 @@ internal static class CheckpointPipeline
     private static string SupportedBitsText(QuantizerKind kind) =>
         kind == QuantizerKind.NormalFloat ? "2, 3, 4 or 8" : "2 to 8";
 
-    private static string QuantizerFlag(QuantizerKind kind) => kind switch
+    internal static string QuantizerFlag(QuantizerKind kind) => kind switch
     {
         QuantizerKind.NormalFloat => "nf",
         QuantizerKind.Uniform => "uniform",
@@ -291,7 +292,7 @@ internal static class CheckpointPipeline
     }
 
     private static Dictionary<string, TargetOutput> ProcessTargets(
-        SafeTensorsFile file, List<SafeTensorInfo> targets, LoftQOptions options, IQuantizationPolicy policy,
+        SafeTensorsFile file, List<SafeTensorInfo> targets, LoftQPlan plan,
         bool fanInFanOut, CancellationToken cancellationToken, Action<TargetOutput> completed)
     {
         var outputs = new ConcurrentDictionary<string, TargetOutput>(StringComparer.Ordinal);
@@ -305,7 +306,7 @@ internal static class CheckpointPipeline
                 TargetOutput output;
             try
             {
-                output = ProcessTarget(file, targets[i], options, policy, fanInFanOut);
+                output = ProcessTarget(file, targets[i], plan, fanInFanOut);
             }
             catch (ArgumentException e)
             {
@@ -326,21 +327,17 @@ internal static class CheckpointPipeline
         return new Dictionary<string, TargetOutput>(outputs, StringComparer.Ordinal);
     }
 
-    private static TargetOutput ProcessTarget(
-        SafeTensorsFile file, SafeTensorInfo info, LoftQOptions options, IQuantizationPolicy policy, bool fanInFanOut)
+    private static TargetOutput ProcessTarget(SafeTensorsFile file, SafeTensorInfo info, LoftQPlan plan, bool fanInFanOut)
     {
-        var clock = Stopwatch.StartNew();
+        LoftQOptions options = plan.Options;
         int rows = (int)info.Shape[0], cols = (int)info.Shape[1];
         using Matrix stored = Matrix.Uninitialized(rows, cols);
         file.ReadAsSingle(info.Name, stored.Span);
         // GPT-2's Conv1D stores [in, out]: optimise in the [out, in] orientation, write back transposed.
         using Matrix? transposed = fanInFanOut ? stored.Transpose() : null;
         Matrix weight = transposed ?? stored;
-        IQuantizer quantizer = policy.Select(info.Name);
-        int seed = LayerSeed(options.Seed, info.Name);
-        ILowRankSolver solver = options.Solver == SolverKind.Exact ? new ExactSvdSolver() : new RandomizedSvdSolver(seed: seed);
-        var optimizer = new AlternatingOptimizer(quantizer, solver) { Seed = seed };
-        using LoftQResult result = optimizer.Run(weight, options.Rank, options.Iterations);
+        using LoftQLayerResult layer = plan.InitializeLayer(info.Name, weight);
+        LoftQResult result = layer.Result;
 
         var entries = new List<SafeTensorEntry>();
         if (options.Format == OutputFormat.BitsAndBytesNf4)
@@ -350,46 +347,13 @@ internal static class CheckpointPipeline
         else
         {
             using Matrix q = Matrix.Uninitialized(weight.Rows, weight.Columns);
-            quantizer.Dequantize(result.Quantized, q.Span);
+            layer.Quantizer.Dequantize(result.Quantized, q.Span);
             using Matrix? backTransposed = fanInFanOut ? q.Transpose() : null;
             entries.Add(SafeTensorEntry.FromSingle(info.Name, info.Shape, (backTransposed ?? q).Span, info.DType));
         }
 
-        // PEFT adds (alpha / r)·B·A: store B·r/alpha so the sum reproduces the optimizer's Q + B·A.
-        int alpha = options.Alpha ?? options.Rank;
-        Matrix b = result.B.Clone();
-        float compensation = (float)options.Rank / alpha;
-        if (compensation != 1f)
-        {
-            System.Numerics.Tensors.TensorPrimitives.Multiply(b.Span, compensation, b.Span);
-        }
-
         string modulePath = info.Name.EndsWith(".weight", StringComparison.Ordinal) ? info.Name[..^".weight".Length] : info.Name;
-        var report = new LayerReport
-        {
-            Name = info.Name,
-            Shape = [weight.Rows, weight.Columns],
-            Quantizer = quantizer.Name,
-            Bits = quantizer.Bits,
-            QLoRAError = result.QLoRAError,
-            ErrorTrace = result.ErrorTrace.ToArray(),
-            BestPass = result.BestPass,
-            RelativeError = result.RelativeError,
-            Seconds = clock.Elapsed.TotalSeconds,
-        };
-        return new TargetOutput(entries, new LoraTensors(modulePath, result.A.Clone(), b), report);
-    }
-
-    /// <summary>A per-layer seed that depends only on the run's seed and the tensor name (not on scheduling).</summary>
-    internal static int LayerSeed(int seed, string name)
-    {
-        uint h = 2166136261;
-        foreach (char c in name)
-        {
-            h = (h ^ c) * 16777619;
-        }
-
-        return (int)(h ^ (uint)seed);
+        return new TargetOutput(entries, new LoraTensors(modulePath, result.A.Clone(), layer.AdapterB.Clone()), layer.Report);
     }
 
     private static string TorchDTypeName(SafeTensorDType dtype) => dtype switch
@@ -450,25 +414,6 @@ internal static class CheckpointPipeline
             Path.GetFullPath(modelDirectory),
             fanInFanOut);
         PeftAdapterWriter.Write(Path.Combine(outputDirectory, "loftq_init"), config, adapters);
-    }
-
-    private static Dictionary<string, string> Describe(LoftQOptions o, IQuantizationPolicy policy)
-    {
-        return new Dictionary<string, string>(StringComparer.Ordinal)
-        {
-            ["bits"] = o.Bits.ToString(CultureInfo.InvariantCulture),
-            ["quantizer"] = QuantizerFlag(o.Quantizer),
-            ["policy"] = policy.Describe(),
-            ["rank"] = o.Rank.ToString(CultureInfo.InvariantCulture),
-            ["iters"] = o.Iterations.ToString(CultureInfo.InvariantCulture),
-            ["block_size"] = o.BlockSize.ToString(CultureInfo.InvariantCulture),
-            ["solver"] = o.Solver == SolverKind.Exact ? "exact" : "randomized",
-            ["alpha"] = (o.Alpha ?? o.Rank).ToString(CultureInfo.InvariantCulture),
-            ["seed"] = o.Seed.ToString(CultureInfo.InvariantCulture),
-            ["format"] = o.Format == OutputFormat.BitsAndBytesNf4 ? "bnb-nf4" : "peft",
-            ["double_quant"] = o.DoubleQuant ? "true" : "false",
-            ["threads"] = ComputeSettings.MaxThreads.ToString(CultureInfo.InvariantCulture),
-        };
     }
 
     private sealed record TargetOutput(List<SafeTensorEntry> BackboneEntries, LoraTensors Adapter, LayerReport Report);

@@ -1,0 +1,178 @@
+using System.Diagnostics;
+using System.Globalization;
+using LoftQNet.IO;
+using LoftQNet.LowRank;
+using LoftQNet.Numerics;
+using LoftQNet.Optimization;
+using LoftQNet.Quantization;
+
+namespace LoftQNet.Pipeline;
+
+/// <summary>
+/// The per-target work of a LoftQ run, shared by every front end: the checkpoint pipeline
+/// (<see cref="LoftQ.Initialize(string, string, LoftQOptions?, IProgress{LoftQProgress}?, CancellationToken)"/>) and
+/// model-level integrations such as LoftQ.TorchSharp. Given the same options, layer count, tensor name and weight,
+/// every front end gets the same Q, A and B bit for bit.
+/// </summary>
+/// <remarks>
+/// It validates the options, builds the quantization policy (mixed precision included), selects targets, derives
+/// each target's seed from the run's seed and the tensor name (so results do not depend on scheduling), runs the
+/// <see cref="AlternatingOptimizer"/> and writes the <see cref="LayerReport"/>. Instances are immutable and
+/// <see cref="InitializeLayer"/> may be called from several threads at once.
+/// </remarks>
+public sealed class LoftQPlan
+{
+    /// <summary>Validates <paramref name="options"/> and builds the policy for a model of <paramref name="layerCount"/> decoder layers.</summary>
+    /// <param name="options">The run's options.</param>
+    /// <param name="layerCount">Decoder layers (used by LoftQ's mixed precision, <see cref="LoftQOptions.Bits"/> fractional).</param>
+    /// <exception cref="ArgumentException">An option is invalid (the message names it).</exception>
+    public LoftQPlan(LoftQOptions options, int layerCount)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        CheckpointPipeline.Validate(options);
+        Options = options;
+        LayerCount = layerCount;
+        Policy = CheckpointPipeline.BuildPolicy(options, layerCount);
+    }
+
+    /// <summary>The options.</summary>
+    public LoftQOptions Options { get; }
+
+    /// <summary>Decoder layers the policy was built for.</summary>
+    public int LayerCount { get; }
+
+    /// <summary>The quantizer of each target (from <see cref="LoftQOptions.Policy"/>, or built from the bits options).</summary>
+    public IQuantizationPolicy Policy { get; }
+
+    /// <summary>LoRA alpha of the adapters: <see cref="LoftQOptions.Alpha"/>, or r.</summary>
+    public int Alpha => Options.Alpha ?? Options.Rank;
+
+    /// <summary>
+    /// The module paths among <paramref name="modulePaths"/> that <see cref="LoftQOptions.Targets"/> selects
+    /// (<paramref name="defaultTargets"/> when it is null or empty), with the rules of <see cref="TargetSelector"/>.
+    /// </summary>
+    /// <exception cref="ArgumentException">A target entry is empty or an invalid regular expression.</exception>
+    public IReadOnlyList<string> SelectTargets(IEnumerable<string> modulePaths, IReadOnlyList<string> defaultTargets)
+    {
+        ArgumentNullException.ThrowIfNull(modulePaths);
+        ArgumentNullException.ThrowIfNull(defaultTargets);
+        return TargetSelector.Select(modulePaths, Options.Targets is { Count: > 0 } t ? t : defaultTargets);
+    }
+
+    /// <summary>The seed of the target whose weight tensor is <paramref name="tensorName"/>: depends only on the run's seed and the name.</summary>
+    public int LayerSeed(string tensorName)
+    {
+        ArgumentNullException.ThrowIfNull(tensorName);
+        uint h = 2166136261;
+        foreach (char c in tensorName)
+        {
+            h = (h ^ c) * 16777619;
+        }
+
+        return (int)(h ^ (uint)Options.Seed);
+    }
+
+    /// <summary>
+    /// LoftQ-initialises one target: <paramref name="weight"/> is its out×in weight, <paramref name="tensorName"/>
+    /// its weight tensor's name (e.g. <c>model.layers.0.self_attn.q_proj.weight</c>), which picks the quantizer and
+    /// the seed.
+    /// </summary>
+    /// <exception cref="ArgumentException">The rank exceeds min(out, in), or the weight holds NaN or infinity (the message names the element).</exception>
+    public LoftQLayerResult InitializeLayer(string tensorName, Matrix weight)
+    {
+        ArgumentNullException.ThrowIfNull(tensorName);
+        ArgumentNullException.ThrowIfNull(weight);
+        var clock = Stopwatch.StartNew();
+        if (Options.Rank > Math.Min(weight.Rows, weight.Columns))
+        {
+            throw new ArgumentException($"Rank {Options.Rank} is larger than min(out, in) = {Math.Min(weight.Rows, weight.Columns)} of '{tensorName}' [{weight.Rows}, {weight.Columns}].");
+        }
+
+        IQuantizer quantizer = Policy.Select(tensorName);
+        int seed = LayerSeed(tensorName);
+        ILowRankSolver solver = Options.Solver == SolverKind.Exact ? new ExactSvdSolver() : new RandomizedSvdSolver(seed: seed);
+        var optimizer = new AlternatingOptimizer(quantizer, solver) { Seed = seed };
+        LoftQResult result = optimizer.Run(weight, Options.Rank, Options.Iterations);
+        try
+        {
+            // PEFT adds (alpha / r)·B·A: keep B·r/alpha so the sum reproduces the optimizer's Q + B·A.
+            Matrix b = result.B.Clone();
+            float compensation = (float)Options.Rank / Alpha;
+            if (compensation != 1f)
+            {
+                System.Numerics.Tensors.TensorPrimitives.Multiply(b.Span, compensation, b.Span);
+            }
+
+            var report = new LayerReport
+            {
+                Name = tensorName,
+                Shape = [weight.Rows, weight.Columns],
+                Quantizer = quantizer.Name,
+                Bits = quantizer.Bits,
+                QLoRAError = result.QLoRAError,
+                ErrorTrace = result.ErrorTrace.ToArray(),
+                BestPass = result.BestPass,
+                RelativeError = result.RelativeError,
+                Seconds = clock.Elapsed.TotalSeconds,
+            };
+            return new LoftQLayerResult(quantizer, result, b, report);
+        }
+        catch
+        {
+            result.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>The options in the CLI's words, as written to a report's <see cref="LoftQReport.Settings"/>.</summary>
+    public IReadOnlyDictionary<string, string> DescribeSettings()
+    {
+        LoftQOptions o = Options;
+        return new Dictionary<string, string>(StringComparer.Ordinal)
+        {
+            ["bits"] = o.Bits.ToString(CultureInfo.InvariantCulture),
+            ["quantizer"] = CheckpointPipeline.QuantizerFlag(o.Quantizer),
+            ["policy"] = Policy.Describe(),
+            ["rank"] = o.Rank.ToString(CultureInfo.InvariantCulture),
+            ["iters"] = o.Iterations.ToString(CultureInfo.InvariantCulture),
+            ["block_size"] = o.BlockSize.ToString(CultureInfo.InvariantCulture),
+            ["solver"] = o.Solver == SolverKind.Exact ? "exact" : "randomized",
+            ["alpha"] = Alpha.ToString(CultureInfo.InvariantCulture),
+            ["seed"] = o.Seed.ToString(CultureInfo.InvariantCulture),
+            ["format"] = o.Format == OutputFormat.BitsAndBytesNf4 ? "bnb-nf4" : "peft",
+            ["double_quant"] = o.DoubleQuant ? "true" : "false",
+            ["threads"] = (o.Threads ?? ComputeSettings.MaxThreads).ToString(CultureInfo.InvariantCulture),
+        };
+    }
+}
+
+/// <summary>The outcome of <see cref="LoftQPlan.InitializeLayer"/> for one target.</summary>
+public sealed class LoftQLayerResult : IDisposable
+{
+    internal LoftQLayerResult(IQuantizer quantizer, LoftQResult result, Matrix adapterB, LayerReport report)
+    {
+        Quantizer = quantizer;
+        Result = result;
+        AdapterB = adapterB;
+        Report = report;
+    }
+
+    /// <summary>The quantizer that produced <see cref="LoftQResult.Quantized"/>.</summary>
+    public IQuantizer Quantizer { get; }
+
+    /// <summary>The optimizer's result: Q, A, B (W ≈ deq(Q) + B·A) and the error trace.</summary>
+    public LoftQResult Result { get; }
+
+    /// <summary>LoRA B as an adapter stores it: <see cref="LoftQResult.B"/>·r/alpha, so that deq(Q) + (alpha/r)·B·A reproduces the optimizer's result.</summary>
+    public Matrix AdapterB { get; }
+
+    /// <summary>The per-layer report.</summary>
+    public LayerReport Report { get; }
+
+    /// <summary>Returns A, B and <see cref="AdapterB"/> to the pool.</summary>
+    public void Dispose()
+    {
+        Result.Dispose();
+        AdapterB.Dispose();
+    }
+}
