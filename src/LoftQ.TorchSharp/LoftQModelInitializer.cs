@@ -1,0 +1,336 @@
+using System.Diagnostics;
+using LoftQNet.Numerics;
+using LoftQNet.Pipeline;
+using LoftQNet.Quantization;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+using static TorchSharp.torch.nn;
+
+namespace LoftQNet.TorchSharp;
+
+/// <summary>Where <c>LoftQ.Initialize(model)</c> runs the LoftQ computation.</summary>
+public enum LoftQEngine
+{
+    /// <summary>The managed engine for weights on the CPU; the torch engine for weights on another device (e.g. CUDA).</summary>
+    Auto,
+
+    /// <summary>Always the managed engine (weights on another device are copied to the CPU and back).</summary>
+    Managed,
+
+    /// <summary>Always the torch engine, on the weights' device.</summary>
+    Torch,
+}
+
+/// <summary>TorchSharp-specific settings of <c>LoftQ.Initialize(model, …)</c>; the LoftQ settings themselves are in <see cref="LoftQOptions"/>.</summary>
+public sealed record LoftQModelOptions
+{
+    /// <summary>Where the computation runs.</summary>
+    public LoftQEngine Engine { get; init; } = LoftQEngine.Auto;
+
+    /// <summary>LoRA dropout of the new layers.</summary>
+    public double Dropout { get; init; }
+
+    /// <summary>dtype of the LoRA factors; null keeps each replaced layer's weight dtype.</summary>
+    public ScalarType? LoraDType { get; init; }
+
+    /// <summary>Default targets when <see cref="LoftQOptions.Targets"/> is null: LLaMA-family projection names.</summary>
+    public IReadOnlyList<string> DefaultTargets { get; init; } = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+}
+
+/// <summary>
+/// <c>LoftQ.Initialize</c> on a TorchSharp model: with <c>using LoftQNet.TorchSharp;</c> the core's <see cref="LoftQ"/>
+/// class gains the overloads below.
+/// </summary>
+public static class LoftQModelInitializer
+{
+    extension(LoftQ)
+    {
+        /// <summary>
+        /// LoftQ-initialises a TorchSharp model in place: every target <c>Linear</c> (selected by
+        /// <see cref="LoftQOptions.Targets"/> exactly as the checkpoint pipeline selects tensors) is replaced by a
+        /// <see cref="LoraLinear"/> whose packed base Q and factors A, B come from the LoftQ optimizer — the same Q, A and
+        /// B, bit for bit, that <c>loftq quantize</c> writes for the same weights and options. Afterwards only the LoRA
+        /// factors require gradients. The replaced layers are disposed.
+        /// </summary>
+        /// <param name="model">The model. Module paths (from <c>named_modules()</c>) name the targets and pick their seeds and, with mixed precision, their bits, so use Hugging Face names to match a checkpoint run.</param>
+        /// <param name="options">LoftQ options (bits, rank, passes, solver, alpha, seed, targets, policy); <see cref="LoftQOptions.Format"/>, <see cref="LoftQOptions.DoubleQuant"/> and <see cref="LoftQOptions.Overwrite"/> concern checkpoint output and must keep their defaults.</param>
+        /// <param name="progress">One report per finished target.</param>
+        /// <param name="modelOptions">TorchSharp-specific settings (engine, LoRA dropout and dtype, default targets).</param>
+        /// <param name="cancellationToken">Cancels the run; the model is left unchanged.</param>
+        /// <returns>The per-layer report (<see cref="LoftQReport.Output"/> is <c>(in memory)</c>).</returns>
+        /// <exception cref="ArgumentException">An option is invalid, no module matches the targets, or a weight holds NaN or infinity (the message names the module).</exception>
+        /// <exception cref="InvalidOperationException">A target is held where a <see cref="LoraLinear"/> cannot go (the message names the field and the fix), or is already a LoRA layer.</exception>
+        public static LoftQReport Initialize(
+            Module model, LoftQOptions? options = null, IProgress<LoftQProgress>? progress = null,
+            LoftQModelOptions? modelOptions = null, CancellationToken cancellationToken = default) =>
+            Run(model, options ?? new LoftQOptions(), modelOptions ?? new LoftQModelOptions(), progress, cancellationToken);
+    }
+
+    private static LoftQReport Run(Module model, LoftQOptions options, LoftQModelOptions modelOptions, IProgress<LoftQProgress>? progress, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        TorchRuntime.EnsureLoaded();
+        var clock = Stopwatch.StartNew();
+        if (options.Format != OutputFormat.Peft || options.DoubleQuant || options.Overwrite)
+        {
+            throw new ArgumentException("LoftQOptions.Format, DoubleQuant and Overwrite describe checkpoint output; leave them at their defaults when initialising a TorchSharp model.", nameof(options));
+        }
+
+        if (!(modelOptions.Dropout >= 0 && modelOptions.Dropout < 1))
+        {
+            throw new ArgumentOutOfRangeException(nameof(modelOptions), modelOptions.Dropout, "LoftQModelOptions.Dropout must be in [0, 1).");
+        }
+
+        // 1. Candidates: every Linear, by module path; targets chosen with the pipeline's rules.
+        var modules = new Dictionary<string, Module>(StringComparer.Ordinal);
+        var parents = new Dictionary<string, (Module Parent, string Name)>(StringComparer.Ordinal);
+        Collect(model, string.Empty, modules, parents);
+        var linears = modules.Where(m => m.Value is Linear).Select(m => m.Key).ToList();
+        int layerCount = Math.Max(1, modules.Keys.Select(p => QuantizationPolicies.LayerIndexOf(p + ".weight")).Max(i => i is int v ? v + 1 : 0));
+        var plan = new LoftQPlan(options, layerCount);
+        IReadOnlyList<string> targets = plan.SelectTargets(linears, modelOptions.DefaultTargets);
+        if (targets.Count == 0)
+        {
+            IReadOnlyList<string> wanted = options.Targets is { Count: > 0 } t ? t : modelOptions.DefaultTargets;
+            bool lora = modules.Values.Any(m => m is LoraLinear);
+            throw new ArgumentException(
+                $"No Linear module of the {model.GetType().Name} matches the targets [{string.Join(", ", wanted)}]" +
+                (lora ? " (the model already has LoraLinear layers: it has been initialised)." : $"; its Linear modules are [{string.Join(", ", linears.Take(8))}{(linears.Count > 8 ? ", …" : string.Empty)}]. Set LoftQOptions.Targets."),
+                nameof(options));
+        }
+
+        // 2. Every target must be swappable before anything is computed or changed.
+        var slots = new List<(string Path, Linear Linear, ModuleSlot Slot)>(targets.Count);
+        foreach (string path in targets)
+        {
+            var linear = (Linear)modules[path];
+            (Module parent, string name) = parents[path];
+            slots.Add((path, linear, ModuleSlot.Find(parent, name, linear, path, typeof(LoraLinear))));
+            if (linear.weight is null || linear.weight.Dimensions != 2)
+            {
+                throw new ArgumentException($"Target '{path}' has no two-dimensional weight.", nameof(model));
+            }
+
+            if (options.Rank > Math.Min(linear.weight.shape[0], linear.weight.shape[1]))
+            {
+                throw new ArgumentException($"LoftQOptions.Rank {options.Rank} is larger than min(out, in) = {Math.Min(linear.weight.shape[0], linear.weight.shape[1])} of target '{path}' [{linear.weight.shape[0]}, {linear.weight.shape[1]}].", nameof(options));
+            }
+        }
+
+        progress?.Report(new LoftQProgress(LoftQProgressKind.Started, 0, slots.Count));
+        int previousThreads = ComputeSettings.MaxThreads;
+        if (options.Threads is int threads)
+        {
+            ComputeSettings.MaxThreads = threads;
+        }
+
+        // 3. Compute every replacement; the model is untouched until all succeed.
+        var created = new LoraLinear?[slots.Count];
+        var reports = new LayerReport[slots.Count];
+        try
+        {
+            int done = 0;
+            foreach (List<int> batch in Batches(slots.Select(s => s.Linear.weight!.numel()).ToList()))
+            {
+                cancellationToken.ThrowIfCancellationRequested();
+                var inputs = new (Matrix Weight, Device Device, ScalarType DType)[batch.Count];
+                try
+                {
+                    for (int i = 0; i < batch.Count; i++)
+                    {
+                        Tensor w = slots[batch[i]].Linear.weight!;
+                        inputs[i] = (ToMatrix(w, slots[batch[i]].Path), w.device, w.dtype);
+                    }
+
+                    var results = new LoftQLayerResult?[batch.Count];
+                    try
+                    {
+                        RunBatch(plan, batch, slots, inputs, results, cancellationToken);
+                        for (int i = 0; i < batch.Count; i++)
+                        {
+                            int k = batch[i];
+                            LoftQLayerResult r = results[i]!;
+                            Tensor? bias = slots[k].Linear.bias;
+                            created[k] = LoraLinear.Create(
+                                r.Result.Quantized, r.Result.A.Span, r.AdapterB.Span, options.Rank, plan.Alpha, bias?.detach(),
+                                modelOptions.LoraDType ?? inputs[i].DType, inputs[i].Device, modelOptions.Dropout);
+                            reports[k] = r.Report;
+                            progress?.Report(new LoftQProgress(LoftQProgressKind.LayerCompleted, ++done, slots.Count, r.Report));
+                        }
+                    }
+                    finally
+                    {
+                        foreach (LoftQLayerResult? r in results)
+                        {
+                            r?.Dispose();
+                        }
+                    }
+                }
+                finally
+                {
+                    foreach ((Matrix weight, _, _) in inputs)
+                    {
+                        weight?.Dispose();
+                    }
+                }
+            }
+        }
+        catch
+        {
+            foreach (LoraLinear? layer in created)
+            {
+                layer?.Dispose();
+            }
+
+            throw;
+        }
+        finally
+        {
+            ComputeSettings.MaxThreads = previousThreads;
+        }
+
+        // 4. Swap, dispose what was replaced, freeze everything but the LoRA factors.
+        for (int k = 0; k < slots.Count; k++)
+        {
+            slots[k].Slot.Replace(created[k]!);
+            slots[k].Linear.Dispose();
+        }
+
+        Freeze(model);
+        var report = new LoftQReport
+        {
+            Model = model.GetType().FullName ?? model.GetType().Name,
+            Output = "(in memory)",
+            Settings = plan.DescribeSettings(),
+            Layers = reports,
+            Seconds = clock.Elapsed.TotalSeconds,
+        };
+        progress?.Report(new LoftQProgress(LoftQProgressKind.Completed, slots.Count, slots.Count, Message: "(in memory)"));
+        return report;
+    }
+
+    /// <summary>Sets requires_grad on every parameter: true for LoRA factors, false for everything else.</summary>
+    internal static void Freeze(Module model)
+    {
+        var trainable = new HashSet<IntPtr>();
+        foreach (Module m in model.modules())
+        {
+            if (m is LoraLinear lora)
+            {
+                trainable.Add(lora.A.Handle);
+                trainable.Add(lora.B.Handle);
+            }
+        }
+
+        foreach (Parameter p in model.parameters())
+        {
+            p.requires_grad = trainable.Contains(p.Handle);
+        }
+    }
+
+    private static void Collect(Module module, string prefix, Dictionary<string, Module> modules, Dictionary<string, (Module, string)> parents)
+    {
+        foreach ((string name, Module child) in module.named_children())
+        {
+            string path = prefix.Length == 0 ? name : prefix + "." + name;
+            modules[path] = child;
+            parents[path] = (module, name);
+            Collect(child, path, modules, parents);
+        }
+    }
+
+    /// <summary>Small targets run several at a time (each single-threaded), large ones alone with multi-threaded kernels.</summary>
+    private static IEnumerable<List<int>> Batches(List<long> sizes)
+    {
+        const long LayerParallelMaxElements = 4L << 20;
+        int width = Math.Max(1, ComputeSettings.MaxThreads);
+        var batch = new List<int>();
+        for (int i = 0; i < sizes.Count; i++)
+        {
+            if (sizes[i] > LayerParallelMaxElements)
+            {
+                if (batch.Count > 0)
+                {
+                    yield return batch;
+                    batch = [];
+                }
+
+                yield return [i];
+                continue;
+            }
+
+            batch.Add(i);
+            if (batch.Count == width)
+            {
+                yield return batch;
+                batch = [];
+            }
+        }
+
+        if (batch.Count > 0)
+        {
+            yield return batch;
+        }
+    }
+
+    private static void RunBatch(
+        LoftQPlan plan, List<int> batch, List<(string Path, Linear Linear, ModuleSlot Slot)> slots,
+        (Matrix Weight, Device Device, ScalarType DType)[] inputs, LoftQLayerResult?[] results, CancellationToken cancellationToken)
+    {
+        LoftQLayerResult One(int i)
+        {
+            string path = slots[batch[i]].Path;
+            try
+            {
+                return plan.InitializeLayer(path + ".weight", inputs[i].Weight);
+            }
+            catch (ArgumentException e)
+            {
+                throw new ArgumentException($"Module '{path}': {e.Message}", e);
+            }
+        }
+
+        if (batch.Count == 1)
+        {
+            results[0] = One(0);
+            return;
+        }
+
+        try
+        {
+            Parallel.For(0, batch.Count, new ParallelOptions { MaxDegreeOfParallelism = batch.Count, CancellationToken = cancellationToken }, i =>
+            {
+                using ComputeSettings.SerialRegion serial = ComputeSettings.EnterSerialRegion();
+                results[i] = One(i);
+            });
+        }
+        catch (AggregateException e)
+        {
+            System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(e.Flatten().InnerExceptions[0]).Throw();
+            throw;
+        }
+    }
+
+    /// <summary>Copies a weight [out, in] into a float32 matrix (exact for fp32, bf16 and fp16 weights).</summary>
+    private static Matrix ToMatrix(Tensor weight, string path)
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = torch.no_grad();
+        Tensor w = weight.detach();
+        if (w.dtype != ScalarType.Float32)
+        {
+            if (!w.is_floating_point())
+            {
+                throw new ArgumentException($"Target '{path}' has a {w.dtype} weight; LoftQ needs a floating-point weight.");
+            }
+
+            w = w.to(ScalarType.Float32);
+        }
+
+        w = w.cpu().contiguous();
+        var m = Matrix.Uninitialized((int)w.shape[0], (int)w.shape[1]);
+        w.data<float>().CopyTo(m.Span);
+        return m;
+    }
+}

@@ -1,0 +1,107 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace LoftQNet.TorchSharp;
+
+/// <summary>
+/// The stateless LoRA kernels behind <see cref="QuantizedLinear"/> and <see cref="LoraLinear"/>, usable on their own:
+/// a linear layer over a packed quantized weight that never keeps the dense weight for the backward pass, and the
+/// LoRA forward y = x·deq(Q)ᵀ + bias + s·(x·Aᵀ)·Bᵀ.
+/// </summary>
+public static class Lora
+{
+    /// <summary>
+    /// y = x·deq(W)ᵀ (+ bias) over the packed weight, in <paramref name="input"/>'s dtype. The dense weight exists only
+    /// while the product is computed: the backward pass dequantizes again instead of keeping it (as QLoRA does), so
+    /// a model's frozen backbone never lives in memory densely between forward and backward.
+    /// </summary>
+    /// <param name="input">[..., in].</param>
+    /// <param name="weight">The packed frozen weight [out, in].</param>
+    /// <param name="bias">Optional frozen bias [out] (cast to the input's dtype).</param>
+    /// <returns>[..., out]; differentiable with respect to <paramref name="input"/> only.</returns>
+    /// <exception cref="ArgumentException">The input's last dimension is not in.</exception>
+    public static Tensor QuantizedLinear(Tensor input, PackedWeight weight, Tensor? bias = null)
+    {
+        ArgumentNullException.ThrowIfNull(input);
+        if (input.Dimensions < 1 || input.shape[^1] != weight.InFeatures)
+        {
+            throw new ArgumentException($"The input's last dimension must be in_features = {weight.InFeatures}, got shape [{string.Join(", ", input.shape)}].", nameof(input));
+        }
+
+        if (!input.requires_grad || !torch.is_grad_enabled())
+        {
+            using var scope = NewDisposeScope();
+            Tensor w = TorchCodec.Dequantize(weight, input.dtype);
+            return torch.nn.functional.linear(input, w, bias?.to(input.dtype)).MoveToOuterDisposeScope();
+        }
+
+        return QuantizedLinearFunction.apply(input, new WeightBox(weight, bias));
+    }
+
+    /// <summary>The dense weight deq(W) [out, in] in <paramref name="dtype"/> (the caller owns it).</summary>
+    public static Tensor Dequantize(PackedWeight weight, ScalarType dtype = ScalarType.Float32) => TorchCodec.Dequantize(weight, dtype);
+
+    /// <summary>
+    /// The LoRA forward over a quantized base: <c>base(x) + scaling · B(A(dropout(x)))</c>, where <paramref name="a"/>
+    /// is lora_A's weight [r, in] and <paramref name="b"/> lora_B's [out, r]. When the factors' dtype differs from
+    /// the input's, the LoRA branch runs in the factors' dtype and its result is cast back.
+    /// </summary>
+    /// <param name="input">[..., in].</param>
+    /// <param name="weight">The packed frozen base weight [out, in].</param>
+    /// <param name="a">lora_A [r, in].</param>
+    /// <param name="b">lora_B [out, r].</param>
+    /// <param name="scaling">alpha / r.</param>
+    /// <param name="bias">Optional frozen base bias [out].</param>
+    /// <param name="dropout">LoRA dropout probability on the LoRA branch's input.</param>
+    /// <param name="training">Whether dropout is active.</param>
+    public static Tensor Forward(Tensor input, PackedWeight weight, Tensor a, Tensor b, double scaling, Tensor? bias = null, double dropout = 0, bool training = false)
+    {
+        ArgumentNullException.ThrowIfNull(input);
+        ArgumentNullException.ThrowIfNull(a);
+        ArgumentNullException.ThrowIfNull(b);
+        using var scope = NewDisposeScope();
+        Tensor y = QuantizedLinear(input, weight, bias);
+        Tensor x = dropout > 0 && training ? torch.nn.functional.dropout(input, dropout, training: true) : input;
+        if (x.dtype != a.dtype)
+        {
+            x = x.to(a.dtype);
+        }
+
+        Tensor delta = torch.nn.functional.linear(torch.nn.functional.linear(x, a), b).mul(scaling);
+        if (delta.dtype != y.dtype)
+        {
+            delta = delta.to(y.dtype);
+        }
+
+        return y.add(delta).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Carries the packed weight through autograd's argument list (only tensors are saved for backward).</summary>
+    private sealed record WeightBox(PackedWeight Weight, Tensor? Bias);
+
+    private sealed class QuantizedLinearFunction : torch.autograd.SingleTensorFunction<QuantizedLinearFunction>
+    {
+        public override string Name => "LoftQQuantizedLinear";
+
+        public override Tensor forward(torch.autograd.AutogradContext ctx, params object[] vars)
+        {
+            var input = (Tensor)vars[0];
+            var box = (WeightBox)vars[1];
+            ctx.save_data("weight", box);
+            ctx.save_data("dtype", input.dtype);
+            using var scope = NewDisposeScope();
+            Tensor w = TorchCodec.Dequantize(box.Weight, input.dtype);
+            return torch.nn.functional.linear(input, w, box.Bias?.to(input.dtype)).MoveToOuterDisposeScope();
+        }
+
+        public override List<Tensor> backward(torch.autograd.AutogradContext ctx, Tensor gradOutput)
+        {
+            var box = (WeightBox)ctx.get_data("weight");
+            var dtype = (ScalarType)ctx.get_data("dtype");
+            using var scope = NewDisposeScope();
+            Tensor w = TorchCodec.Dequantize(box.Weight, dtype);
+            Tensor gradInput = gradOutput.to(dtype).matmul(w).MoveToOuterDisposeScope();
+            return [gradInput, null!];
+        }
+    }
+}

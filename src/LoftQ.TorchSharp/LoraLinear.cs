@@ -1,0 +1,207 @@
+using LoftQNet.Quantization;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+using static TorchSharp.torch.nn;
+
+namespace LoftQNet.TorchSharp;
+
+/// <summary>
+/// A LoRA layer over a frozen, packed quantized base: <c>y = base_layer(x) + (alpha / r) · lora_B(lora_A(dropout(x)))</c>,
+/// with trainable <c>lora_A</c> (r × in) and <c>lora_B</c> (out × r). <see cref="LoftQ"/>'s <c>Initialize(model)</c>
+/// swaps it in for a model's target <c>Linear</c> layers; it can also be built directly.
+/// </summary>
+/// <remarks>
+/// <para>Children and state-dict names follow PEFT: <c>base_layer</c> (a <see cref="QuantizedLinear"/>),
+/// <c>lora_A.weight</c> [r, in], <c>lora_B.weight</c> [out, r], <c>lora_dropout</c>. A model's key
+/// <c>&lt;path&gt;.lora_A.weight</c> is PEFT's adapter key <c>base_model.model.&lt;path&gt;.lora_A.weight</c>.</para>
+/// <para>Only lora_A and lora_B require gradients. The base never keeps a dense weight between forward and
+/// backward. <c>.to(dtype)</c> converts the LoRA factors (the packed base keeps its dtypes; compute follows the
+/// input); <c>.to(device)</c> moves everything.</para>
+/// </remarks>
+public sealed class LoraLinear : Module<Tensor, Tensor>
+{
+    private readonly QuantizedLinear base_layer;
+    private readonly Linear lora_A;
+    private readonly Linear lora_B;
+    private readonly Module<Tensor, Tensor> lora_dropout;
+
+    /// <summary>Creates the layer from a packed base and the LoRA factors (copied).</summary>
+    /// <param name="baseLayer">The frozen quantized base (taken: this module owns it).</param>
+    /// <param name="a">lora_A's weight, r × in.</param>
+    /// <param name="b">lora_B's weight, out × r.</param>
+    /// <param name="alpha">LoRA alpha; the scaling is alpha / r. Must be positive and finite.</param>
+    /// <param name="dropout">LoRA dropout probability in [0, 1).</param>
+    /// <exception cref="ArgumentException">The shapes do not agree, or alpha or dropout is out of range.</exception>
+    public LoraLinear(QuantizedLinear baseLayer, Tensor a, Tensor b, double alpha, double dropout = 0)
+        : base(nameof(LoraLinear))
+    {
+        ArgumentNullException.ThrowIfNull(baseLayer);
+        ArgumentNullException.ThrowIfNull(a);
+        ArgumentNullException.ThrowIfNull(b);
+        if (a.Dimensions != 2 || b.Dimensions != 2 || a.shape[1] != baseLayer.InFeatures || b.shape[0] != baseLayer.OutFeatures || a.shape[0] != b.shape[1] || a.shape[0] < 1)
+        {
+            throw new ArgumentException($"lora_A must be [r, {baseLayer.InFeatures}] and lora_B [{baseLayer.OutFeatures}, r] with the same r ≥ 1, got A [{string.Join(", ", a.shape)}] and B [{string.Join(", ", b.shape)}].");
+        }
+
+        if (!(alpha > 0) || !double.IsFinite(alpha))
+        {
+            throw new ArgumentOutOfRangeException(nameof(alpha), alpha, "LoRA alpha must be positive and finite.");
+        }
+
+        if (!(dropout >= 0 && dropout < 1))
+        {
+            throw new ArgumentOutOfRangeException(nameof(dropout), dropout, "LoRA dropout must be in [0, 1).");
+        }
+
+        Rank = (int)a.shape[0];
+        Alpha = alpha;
+        Dropout = dropout;
+        base_layer = baseLayer;
+        Device device = baseLayer.Weight.Codes.device;
+        lora_A = torch.nn.Linear(baseLayer.InFeatures, Rank, hasBias: false, device: device, dtype: a.dtype);
+        lora_B = torch.nn.Linear(Rank, baseLayer.OutFeatures, hasBias: false, device: device, dtype: b.dtype);
+        using (torch.no_grad())
+        {
+            lora_A.weight!.copy_(a);
+            lora_B.weight!.copy_(b);
+        }
+
+        lora_dropout = dropout > 0 ? torch.nn.Dropout(dropout) : torch.nn.Identity();
+        RegisterComponents();
+        foreach (Parameter p in base_layer.parameters())
+        {
+            p.requires_grad = false;
+        }
+    }
+
+    /// <summary>
+    /// Builds the layer from a core quantized weight and factors, e.g. the result of the core's LoftQ optimizer.
+    /// </summary>
+    /// <param name="weight">The quantized base [out, in].</param>
+    /// <param name="a">lora_A, r × in (row-major, <paramref name="rank"/>·in values).</param>
+    /// <param name="b">lora_B, out × r (row-major).</param>
+    /// <param name="rank">r.</param>
+    /// <param name="alpha">LoRA alpha (scaling alpha / r).</param>
+    /// <param name="bias">Optional frozen bias [out].</param>
+    /// <param name="dtype">dtype of the LoRA factors (float32 by default).</param>
+    /// <param name="device">Device of every tensor (the CPU by default).</param>
+    /// <param name="dropout">LoRA dropout probability.</param>
+    public static LoraLinear Create(
+        QuantizedTensor weight, ReadOnlySpan<float> a, ReadOnlySpan<float> b, int rank, double alpha,
+        Tensor? bias = null, ScalarType dtype = ScalarType.Float32, Device? device = null, double dropout = 0)
+    {
+        ArgumentNullException.ThrowIfNull(weight);
+        if (weight.Shape.Rank != 2)
+        {
+            throw new ArgumentException($"The quantized weight must be two-dimensional, got {weight.Shape}.", nameof(weight));
+        }
+
+        int outF = weight.Shape.Rows, inF = weight.Shape.Columns;
+        if (rank < 1 || a.Length != (long)rank * inF || b.Length != (long)outF * rank)
+        {
+            throw new ArgumentException($"For rank {rank}, A needs {(long)rank * inF} values and B {(long)outF * rank}; got {a.Length} and {b.Length}.");
+        }
+
+        using var scope = NewDisposeScope();
+        device ??= CPU;
+        var baseLayer = new QuantizedLinear(weight, bias, device);
+        Tensor ta = torch.tensor(a.ToArray(), [rank, inF]).to(dtype).to(device);
+        Tensor tb = torch.tensor(b.ToArray(), [outF, rank]).to(dtype).to(device);
+        var layer = new LoraLinear(baseLayer, ta, tb, alpha, dropout);
+        return layer;
+    }
+
+    /// <summary>The frozen quantized base (<c>base_layer</c>).</summary>
+    public QuantizedLinear BaseLayer => base_layer;
+
+    /// <summary>lora_A's weight, r × in (trainable).</summary>
+    public Parameter A => lora_A.weight!;
+
+    /// <summary>lora_B's weight, out × r (trainable).</summary>
+    public Parameter B => lora_B.weight!;
+
+    /// <summary>The rank r.</summary>
+    public int Rank { get; }
+
+    /// <summary>LoRA alpha.</summary>
+    public double Alpha { get; private set; }
+
+    /// <summary>alpha / r, PEFT's LoRA scaling.</summary>
+    public double Scaling => Alpha / Rank;
+
+    /// <summary>LoRA dropout probability.</summary>
+    public double Dropout { get; }
+
+    /// <summary>Input features.</summary>
+    public long InFeatures => base_layer.InFeatures;
+
+    /// <summary>Output features.</summary>
+    public long OutFeatures => base_layer.OutFeatures;
+
+    /// <inheritdoc/>
+    public override Tensor forward(Tensor input)
+    {
+        using var scope = NewDisposeScope();
+        Tensor y = base_layer.forward(input);
+        Tensor x = lora_dropout.forward(input);
+        if (x.dtype != A.dtype)
+        {
+            x = x.to(A.dtype);
+        }
+
+        Tensor delta = lora_B.forward(lora_A.forward(x)).mul(Scaling);
+        if (delta.dtype != y.dtype)
+        {
+            delta = delta.to(y.dtype);
+        }
+
+        return y.add(delta).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>The dense merged weight deq(Q) + (alpha/r)·B·A [out, in] in <paramref name="dtype"/> (the caller owns it).</summary>
+    public Tensor Merge(ScalarType dtype = ScalarType.Float32)
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = torch.no_grad();
+        Tensor w = base_layer.Dequantize(ScalarType.Float32);
+        Tensor delta = B.to(ScalarType.Float32).matmul(A.to(ScalarType.Float32)).mul(Scaling);
+        return w.add_(delta).to(dtype).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>A dense TorchSharp <c>Linear</c> with the merged weight (and the base bias), e.g. to export or serve a fine-tuned model.</summary>
+    public Linear ToMergedLinear(ScalarType dtype = ScalarType.Float32)
+    {
+        using var scope = NewDisposeScope();
+        Tensor merged = Merge(dtype);
+        var linear = torch.nn.Linear(InFeatures, OutFeatures, hasBias: base_layer.Bias is not null, device: merged.device, dtype: dtype);
+        using (torch.no_grad())
+        {
+            linear.weight!.copy_(merged);
+            if (base_layer.Bias is not null)
+            {
+                linear.bias!.copy_(base_layer.Bias);
+            }
+        }
+
+        return linear;
+    }
+
+    /// <summary>The dense base weight deq(Q) [out, in] in <paramref name="dtype"/> (the caller owns it).</summary>
+    public Tensor Dequantize(ScalarType dtype = ScalarType.Float32) => base_layer.Dequantize(dtype);
+
+    /// <summary>Sets alpha (e.g. from an adapter's <c>lora_alpha</c>).</summary>
+    /// <exception cref="ArgumentOutOfRangeException">alpha is not positive and finite.</exception>
+    public void SetAlpha(double alpha)
+    {
+        if (!(alpha > 0) || !double.IsFinite(alpha))
+        {
+            throw new ArgumentOutOfRangeException(nameof(alpha), alpha, "LoRA alpha must be positive and finite.");
+        }
+
+        Alpha = alpha;
+    }
+
+    /// <inheritdoc/>
+    public override string ToString() => $"LoraLinear(in={InFeatures}, out={OutFeatures}, r={Rank}, alpha={Alpha}, base={base_layer.QuantizerName})";
+}

@@ -1,0 +1,104 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace LoftQNet.TorchSharp;
+
+/// <summary>Torch-side unpacking and dequantization of <see cref="PackedWeight"/> (any device).</summary>
+internal static class TorchCodec
+{
+    /// <summary>
+    /// The codes as int32 [n] (n = <paramref name="count"/>). Widths that divide 8 use a 256-entry byte → codes table
+    /// (one gather); other widths combine each 8-code group of <paramref name="bits"/> bytes into an int64 word and shift.
+    /// </summary>
+    public static Tensor Unpack(Tensor packed, int bits, long count)
+    {
+        using var scope = NewDisposeScope();
+        Tensor codes;
+        if (bits == 8)
+        {
+            codes = packed.to(ScalarType.Int32);
+        }
+        else if (8 % bits == 0)
+        {
+            int perByte = 8 / bits;
+            Tensor table = ByteTable(bits, packed.device);
+            codes = table.index_select(0, packed.to(ScalarType.Int32)).reshape(-1);
+        }
+        else
+        {
+            Tensor groups = packed.to(ScalarType.Int64).reshape(-1, bits);
+            Tensor byteShifts = torch.arange((bits - 1) * 8, -1, -8, dtype: ScalarType.Int64, device: packed.device);
+            Tensor words = groups.bitwise_left_shift(byteShifts).sum(1, keepdim: true, type: ScalarType.Int64);
+            Tensor codeShifts = torch.arange(7 * bits, -1, -bits, dtype: ScalarType.Int64, device: packed.device);
+            codes = words.bitwise_right_shift(codeShifts).bitwise_and((1L << bits) - 1).reshape(-1).to(ScalarType.Int32);
+        }
+
+        return codes.narrow(0, 0, count).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>The dense weight [out, in] in <paramref name="dtype"/> (computed in float32, cast once).</summary>
+    public static Tensor Dequantize(in PackedWeight w, ScalarType dtype)
+    {
+        using var scope = NewDisposeScope();
+        long n = w.ElementCount;
+        long blocks = w.Scales.shape[0];
+        long padded = blocks * w.BlockSize;
+        Tensor codes = Unpack(w.Codes, w.Bits, n);
+        Tensor values = w.CodeBook.index_select(0, codes);
+        if (padded != n)
+        {
+            values = torch.nn.functional.pad(values, [0, padded - n]);
+        }
+
+        values = values.view(blocks, w.BlockSize).mul(w.Scales.unsqueeze(1));
+        if (w.Offsets is not null)
+        {
+            values = values.add(w.Offsets.unsqueeze(1));
+        }
+
+        values = values.view(-1);
+        if (padded != n)
+        {
+            values = values.narrow(0, 0, n);
+        }
+
+        Tensor result = values.reshape(w.OutFeatures, w.InFeatures);
+        if (result.dtype != dtype)
+        {
+            result = result.to(dtype);
+        }
+
+        return result.contiguous().MoveToOuterDisposeScope();
+    }
+
+    private static readonly Dictionary<(int Bits, string Device), Tensor> s_tables = new();
+    private static readonly Lock s_tablesGate = new();
+
+    /// <summary>[256, 8/bits] int32: the codes in a byte, most significant first.</summary>
+    private static Tensor ByteTable(int bits, Device device)
+    {
+        lock (s_tablesGate)
+        {
+            string key = device.ToString();
+            if (s_tables.TryGetValue((bits, key), out Tensor? table))
+            {
+                return table;
+            }
+
+            int perByte = 8 / bits, mask = (1 << bits) - 1;
+            var values = new int[256 * perByte];
+            for (int b = 0; b < 256; b++)
+            {
+                for (int j = 0; j < perByte; j++)
+                {
+                    values[(b * perByte) + j] = (b >> (8 - ((j + 1) * bits))) & mask;
+                }
+            }
+
+            table = torch.tensor(values, [256, perByte], ScalarType.Int32).to(device);
+            table.DetachFromDisposeScope();
+            s_tables[(bits, key)] = table;
+            return table;
+        }
+    }
+}

@@ -1,0 +1,285 @@
+using LoftQNet.Numerics;
+using LoftQNet.Quantization;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace LoftQNet.TorchSharp.Tests;
+
+public class LoraLinearTests : TorchTestBase
+{
+    public static TheoryData<string, int, int, int> Quantizers => new()
+    {
+        { "nf", 2, 64, 0 }, { "nf", 3, 64, 0 }, { "nf", 4, 64, 0 }, { "nf", 8, 64, 0 },
+        { "uniform", 5, 32, 0 }, { "uniform-asym", 3, 64, 0 }, { "nf", 4, 16, 1 }, { "nf", 3, 64, 1 },
+    };
+
+    private static IQuantizer Make(string kind, int bits, int block) => kind switch
+    {
+        "nf" => new NormalFloatQuantizer(bits, block),
+        "uniform" => new UniformQuantizer(bits, block),
+        _ => new UniformQuantizer(bits, block, asymmetric: true),
+    };
+
+    [Theory]
+    [MemberData(nameof(Quantizers))]
+    public void TorchDequantizationEqualsTheCoreBitForBit(string kind, int bits, int block, int oddShape)
+    {
+        // oddShape: 7x13 = 91 values, a partial last block and a partial last 8-code group.
+        (int rows, int cols) = oddShape == 1 ? (7, 13) : (48, 80);
+        using Matrix w = Matrix.RandomNormal(rows, cols, seed: bits * 31 + block);
+        QuantizedTensor q = Make(kind, bits, block).Quantize(w.Span, w.Shape);
+        var expected = new float[rows * cols];
+        q.Dequantize(expected);
+
+        using var layer = new QuantizedLinear(q);
+        using Tensor dense = layer.Dequantize();
+        Assert.Equal(expected, Values(dense));
+        QuantizedTensor back = layer.ToQuantizedTensor();
+        Assert.True(back.PackedCodes.SequenceEqual(q.PackedCodes));
+        Assert.True(back.Scales.SequenceEqual(q.Scales));
+        Assert.Equal(q.QuantizerName, back.QuantizerName);
+    }
+
+    [Fact]
+    public void ForwardIsDequantizedBaseTimesXPlusScaledLowRankExactly()
+    {
+        using var scope = NewDisposeScope();
+        (LoraLinear layer, QuantizedTensor q, Matrix a, Matrix b) = MakeLayer(outF: 40, inF: 72, rank: 4, alpha: 8, seed: 1);
+        using (layer)
+        {
+            Tensor x = torch.randn([3, 5, 72], generator: new Generator(7));
+            Tensor y = layer.forward(x);
+            Assert.Equal(new long[] { 3, 5, 40 }, y.shape);
+
+            // The same ops by hand: deq(Q)·x + (alpha/r)·B(A(x)).
+            var wq = new float[40 * 72];
+            q.Dequantize(wq);
+            Tensor w = torch.tensor(wq, [40, 72]);
+            Tensor ta = torch.tensor(a.Span.ToArray(), [4, 72]), tb = torch.tensor(b.Span.ToArray(), [40, 4]);
+            Tensor manual = torch.nn.functional.linear(x, w).add(torch.nn.functional.linear(torch.nn.functional.linear(x, ta), tb).mul(2.0));
+            Assert.Equal(Values(manual), Values(y));
+
+            // And against a double-precision reference computed without torch.
+            double[] xs = Doubles(x), ys = Doubles(y);
+            for (int row = 0; row < 15; row++)
+            {
+                for (int o = 0; o < 40; o++)
+                {
+                    double acc = 0, low = 0;
+                    for (int k = 0; k < 4; k++)
+                    {
+                        double ax = 0;
+                        for (int i = 0; i < 72; i++)
+                        {
+                            ax += a[k, i] * xs[(row * 72) + i];
+                        }
+
+                        low += b[o, k] * ax;
+                    }
+
+                    for (int i = 0; i < 72; i++)
+                    {
+                        acc += wq[(o * 72) + i] * xs[(row * 72) + i];
+                    }
+
+                    Assert.Equal(acc + (2.0 * low), ys[(row * 40) + o], 1e-4);
+                }
+            }
+        }
+
+        a.Dispose();
+        b.Dispose();
+    }
+
+    [Fact]
+    public void GradientsReachOnlyTheLoraFactorsAndEqualFiniteDifferences()
+    {
+        using var scope = NewDisposeScope();
+        (LoraLinear layer, _, Matrix a, Matrix b) = MakeLayer(outF: 12, inF: 16, rank: 3, alpha: 6, seed: 2, bias: true);
+        a.Dispose();
+        b.Dispose();
+        using (layer)
+        {
+            layer.to(ScalarType.Float64);
+            Assert.Equal(ScalarType.Float64, layer.A.dtype);
+            Assert.Equal(ScalarType.Float32, layer.BaseLayer.Weight.Scales.dtype);
+            using (torch.no_grad())
+            {
+                layer.B.copy_(torch.randn([12, 3], dtype: ScalarType.Float64, generator: new Generator(3)));
+            }
+
+            Tensor x = torch.randn([4, 16], dtype: ScalarType.Float64, generator: new Generator(4)).requires_grad_(true);
+            Tensor target = torch.randn([4, 12], dtype: ScalarType.Float64, generator: new Generator(5));
+            double Loss() { using var s = NewDisposeScope(); using var ng = torch.no_grad(); return layer.forward(x).sub(target).pow(2).sum().item<double>(); }
+
+            Tensor loss = layer.forward(x).sub(target).pow(2).sum();
+            loss.backward();
+            string[] trainable = layer.named_parameters().Where(p => p.parameter.requires_grad).Select(p => p.name).Order().ToArray();
+            Assert.Equal(new[] { "lora_A.weight", "lora_B.weight" }, trainable);
+            Assert.Null(layer.BaseLayer.Bias!.grad);
+
+            foreach ((Tensor param, Tensor grad) in new[] { (layer.A, layer.A.grad!), (layer.B, layer.B.grad!), (x, x.grad!) })
+            {
+                double[] analytic = Doubles(grad);
+                for (int i = 0; i < analytic.Length; i += 5)
+                {
+                    double fd = FiniteDifference(param, i, Loss);
+                    Assert.Equal(fd, analytic[i], Math.Max(1e-6, 1e-6 * Math.Abs(fd)));
+                }
+            }
+        }
+    }
+
+    [Fact]
+    public void MergeIsTheDequantizedBasePlusScaledProduct()
+    {
+        using var scope = NewDisposeScope();
+        (LoraLinear layer, QuantizedTensor q, Matrix a, Matrix b) = MakeLayer(outF: 24, inF: 64, rank: 5, alpha: 10, seed: 6);
+        using (layer)
+        {
+            float[] merged = Values(layer.Merge());
+            var wq = new float[24 * 64];
+            q.Dequantize(wq);
+            for (int o = 0; o < 24; o++)
+            {
+                for (int i = 0; i < 64; i++)
+                {
+                    double expected = wq[(o * 64) + i];
+                    for (int k = 0; k < 5; k++)
+                    {
+                        expected += 2.0 * b[o, k] * a[k, i];
+                    }
+
+                    Assert.Equal(expected, merged[(o * 64) + i], 1e-5);
+                }
+            }
+
+            // A merged dense Linear computes what the LoRA layer computes.
+            using Linear dense = layer.ToMergedLinear();
+            Tensor x = torch.randn([6, 64], generator: new Generator(8));
+            float[] viaLora = Values(layer.forward(x)), viaDense = Values(dense.forward(x));
+            for (int i = 0; i < viaLora.Length; i++)
+            {
+                Assert.Equal(viaLora[i], viaDense[i], 1e-4);
+            }
+        }
+
+        a.Dispose();
+        b.Dispose();
+    }
+
+    [Fact]
+    public void StateDictHasPeftNamesAndRoundTrips()
+    {
+        using var scope = NewDisposeScope();
+        (LoraLinear layer, QuantizedTensor q, Matrix a, Matrix b) = MakeLayer(outF: 16, inF: 32, rank: 2, alpha: 2, seed: 9, bias: true, asymmetric: true);
+        using (layer)
+        {
+            Dictionary<string, Tensor> state = layer.state_dict();
+            Assert.Equal(
+                new[] { "base_layer.bias", "base_layer.code_book", "base_layer.codes", "base_layer.offsets", "base_layer.scales", "lora_A.weight", "lora_B.weight" },
+                state.Keys.Order(StringComparer.Ordinal).ToArray());
+            Assert.Equal(ScalarType.Byte, state["base_layer.codes"].dtype);
+
+            // A second layer with other factors and another quantized weight takes the first one's state.
+            (LoraLinear other, _, Matrix a2, Matrix b2) = MakeLayer(outF: 16, inF: 32, rank: 2, alpha: 2, seed: 10, bias: true, asymmetric: true);
+            using (other)
+            {
+                Tensor x = torch.randn([3, 32], generator: new Generator(11));
+                Assert.NotEqual(Values(layer.forward(x)), Values(other.forward(x)));
+                other.load_state_dict(state);
+                Assert.Equal(Values(layer.forward(x)), Values(other.forward(x)));
+            }
+
+            a2.Dispose();
+            b2.Dispose();
+        }
+
+        a.Dispose();
+        b.Dispose();
+    }
+
+    [Fact]
+    public void ToBFloat16ConvertsTheFactorsAndKeepsThePackedBase()
+    {
+        using var scope = NewDisposeScope();
+        (LoraLinear layer, _, Matrix a, Matrix b) = MakeLayer(outF: 64, inF: 128, rank: 8, alpha: 8, seed: 12);
+        a.Dispose();
+        b.Dispose();
+        using (layer)
+        {
+            Tensor x = torch.randn([4, 128], generator: new Generator(13));
+            float[] fp32 = Values(layer.forward(x));
+            layer.to(ScalarType.BFloat16);
+            Assert.Equal(ScalarType.BFloat16, layer.A.dtype);
+            Assert.Equal(ScalarType.BFloat16, layer.B.dtype);
+            Assert.Equal(ScalarType.Byte, layer.BaseLayer.Weight.Codes.dtype);
+            Assert.Equal(ScalarType.Float32, layer.BaseLayer.Weight.Scales.dtype);
+            Tensor y = layer.forward(x.to(ScalarType.BFloat16));
+            Assert.Equal(ScalarType.BFloat16, y.dtype);
+            float[] bf16 = Values(y);
+            double scale = fp32.Max(v => Math.Abs(v));
+            for (int i = 0; i < fp32.Length; i++)
+            {
+                // bf16 keeps 8 significant bits: inputs, weights and the 128-term sums each round at ~2^-9 relative.
+                Assert.True(Math.Abs(fp32[i] - bf16[i]) <= 0.03 * scale, $"element {i}: {fp32[i]} vs {bf16[i]}");
+            }
+        }
+    }
+
+    [Fact]
+    public void BadShapesAndArgumentsAreRejected()
+    {
+        using Matrix w = Matrix.RandomNormal(8, 16, seed: 1);
+        QuantizedTensor q = new NormalFloatQuantizer(4).Quantize(w.Span, w.Shape);
+        Assert.Throws<ArgumentException>(() => LoraLinear.Create(q, new float[2 * 15], new float[8 * 2], 2, 2));
+        Assert.Throws<ArgumentOutOfRangeException>(() => LoraLinear.Create(q, new float[2 * 16], new float[8 * 2], 2, 0));
+        Assert.Throws<ArgumentOutOfRangeException>(() => LoraLinear.Create(q, new float[2 * 16], new float[8 * 2], 2, 2, dropout: 1.0));
+        using var layer = LoraLinear.Create(q, new float[2 * 16], new float[8 * 2], 2, 2);
+        var e = Assert.Throws<ArgumentException>(() => layer.forward(torch.zeros(3, 15)));
+        Assert.Contains("in_features = 16", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void DropoutActsOnlyInTraining()
+    {
+        using var scope = NewDisposeScope();
+        using Matrix w = Matrix.RandomNormal(8, 16, seed: 1);
+        QuantizedTensor q = new NormalFloatQuantizer(4).Quantize(w.Span, w.Shape);
+        using Matrix a = Matrix.RandomNormal(2, 16, seed: 2), b = Matrix.RandomNormal(8, 2, seed: 3);
+        using var layer = LoraLinear.Create(q, a.Span, b.Span, 2, 4, dropout: 0.5);
+        Tensor x = torch.randn([64, 16], generator: new Generator(1));
+        layer.eval();
+        float[] e1 = Values(layer.forward(x)), e2 = Values(layer.forward(x));
+        Assert.Equal(e1, e2);
+        layer.train();
+        Assert.NotEqual(e1, Values(layer.forward(x)));
+    }
+
+    internal static (LoraLinear Layer, QuantizedTensor Q, Matrix A, Matrix B) MakeLayer(int outF, int inF, int rank, double alpha, int seed, bool bias = false, bool asymmetric = false)
+    {
+        using Matrix w = Matrix.RandomNormal(outF, inF, seed: seed);
+        IQuantizer quantizer = asymmetric ? new UniformQuantizer(4, 32, asymmetric: true) : new NormalFloatQuantizer(4);
+        QuantizedTensor q = quantizer.Quantize(w.Span, w.Shape);
+        Matrix a = Matrix.RandomNormal(rank, inF, seed: seed + 100, scale: 0.1f);
+        Matrix b = Matrix.RandomNormal(outF, rank, seed: seed + 200, scale: 0.1f);
+        using Tensor? tbias = bias ? torch.linspace(-1, 1, outF) : null;
+        LoraLinear layer = LoraLinear.Create(q, a.Span, b.Span, rank, alpha, tbias);
+        return (layer, q, a, b);
+    }
+
+    private static double FiniteDifference(Tensor param, int index, Func<double> loss)
+    {
+        const double H = 1e-6;
+        using var noGrad = torch.no_grad();
+        Tensor flat = param.view(-1);
+        double original = flat[index].item<double>();
+        flat[index] = original + H;
+        double plus = loss();
+        flat[index] = original - H;
+        double minus = loss();
+        flat[index] = original;
+        return (plus - minus) / (2 * H);
+    }
+}
