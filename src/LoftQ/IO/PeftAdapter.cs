@@ -246,3 +246,164 @@ public static class PeftAdapterWriter
     private static SafeTensorEntry FromMatrix(string name, Matrix m) =>
         new(name, SafeTensorDType.F32, [m.Rows, m.Columns], MemoryMarshal.AsBytes(m.Span).ToArray());
 }
+
+/// <summary>A PEFT LoRA adapter read from disk: its config and the factors of every module, as stored.</summary>
+/// <param name="Config">adapter_config.json's fields LoftQ uses.</param>
+/// <param name="Layers">lora_A [r, in] and lora_B [out, r] per module path, in file order.</param>
+public sealed record PeftAdapter(PeftAdapterConfig Config, IReadOnlyList<LoraTensors> Layers) : IDisposable
+{
+    /// <summary>PEFT's scaling of B·A: lora_alpha / r (rsLoRA: lora_alpha / √r).</summary>
+    public double Scaling => Config.UseRsLora ? Config.LoraAlpha / Math.Sqrt(Config.R) : (double)Config.LoraAlpha / Config.R;
+
+    /// <summary>Returns the factors' memory to the pool.</summary>
+    public void Dispose()
+    {
+        foreach (LoraTensors layer in Layers)
+        {
+            layer.A.Dispose();
+            layer.B.Dispose();
+        }
+    }
+}
+
+/// <summary>Reads a PEFT LoRA adapter directory (<c>adapter_config.json</c> + <c>adapter_model.safetensors</c>), the layout <see cref="PeftAdapterWriter"/> and PEFT write.</summary>
+public static class PeftAdapterReader
+{
+    /// <summary>Reads the adapter in <paramref name="adapterDirectory"/>.</summary>
+    /// <exception cref="DirectoryNotFoundException">The directory does not exist.</exception>
+    /// <exception cref="FileNotFoundException">A file of the adapter is missing.</exception>
+    /// <exception cref="InvalidDataException">The config is not a LoRA config, a key is not PEFT's, an A has no B, or a factor's shape disagrees with r (the message names the file and tensor).</exception>
+    public static PeftAdapter Read(string adapterDirectory)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(adapterDirectory);
+        if (!Directory.Exists(adapterDirectory))
+        {
+            throw new DirectoryNotFoundException($"Adapter directory '{adapterDirectory}' does not exist.");
+        }
+
+        string configPath = Path.Combine(adapterDirectory, PeftAdapterWriter.ConfigFileName);
+        string weightsPath = Path.Combine(adapterDirectory, PeftAdapterWriter.WeightsFileName);
+        PeftAdapterConfig config = ReadConfig(configPath);
+        if (!File.Exists(weightsPath))
+        {
+            throw new FileNotFoundException($"The adapter has no weights file '{weightsPath}'.", weightsPath);
+        }
+
+        using SafeTensorsFile file = SafeTensorsFile.Open(weightsPath);
+        var layers = new List<LoraTensors>();
+        try
+        {
+            foreach (SafeTensorInfo info in file.Tensors)
+            {
+                const string ASuffix = ".lora_A.weight", BSuffix = ".lora_B.weight";
+                if (info.Name.EndsWith(BSuffix, StringComparison.Ordinal))
+                {
+                    string aName = info.Name[..^BSuffix.Length] + ASuffix;
+                    if (!file.Contains(aName))
+                    {
+                        throw new InvalidDataException($"'{weightsPath}': '{info.Name}' has no partner '{aName}'.");
+                    }
+
+                    continue;
+                }
+
+                if (!info.Name.EndsWith(ASuffix, StringComparison.Ordinal) || !info.Name.StartsWith(PeftAdapterWriter.KeyPrefix, StringComparison.Ordinal))
+                {
+                    throw new InvalidDataException($"'{weightsPath}': tensor '{info.Name}' is not a LoRA factor named '{PeftAdapterWriter.KeyPrefix}<module>.lora_A.weight' / '.lora_B.weight'.");
+                }
+
+                string module = info.Name[PeftAdapterWriter.KeyPrefix.Length..^ASuffix.Length];
+                string bName = PeftAdapterWriter.KeyPrefix + module + BSuffix;
+                if (!file.Contains(bName))
+                {
+                    throw new InvalidDataException($"'{weightsPath}': '{info.Name}' has no partner '{bName}'.");
+                }
+
+                SafeTensorInfo bInfo = file.GetInfo(bName);
+                if (info.Rank != 2 || bInfo.Rank != 2 || info.Shape[0] != config.R || bInfo.Shape[1] != config.R)
+                {
+                    throw new InvalidDataException($"'{weightsPath}': module '{module}' has lora_A {info.ShapeString} and lora_B {bInfo.ShapeString}; r = {config.R} needs [r, in] and [out, r].");
+                }
+
+                var a = Matrix.Uninitialized(config.R, checked((int)info.Shape[1]));
+                var b = Matrix.Uninitialized(checked((int)bInfo.Shape[0]), config.R);
+                layers.Add(new LoraTensors(module, a, b));
+                file.ReadAsSingle(info.Name, a.Span);
+                file.ReadAsSingle(bName, b.Span);
+            }
+        }
+        catch
+        {
+            foreach (LoraTensors layer in layers)
+            {
+                layer.A.Dispose();
+                layer.B.Dispose();
+            }
+
+            throw;
+        }
+
+        if (layers.Count == 0)
+        {
+            throw new InvalidDataException($"'{weightsPath}' holds no LoRA factors.");
+        }
+
+        return new PeftAdapter(config, layers);
+    }
+
+    /// <summary>Reads adapter_config.json.</summary>
+    /// <exception cref="FileNotFoundException">The file is missing.</exception>
+    /// <exception cref="InvalidDataException">It is not a LoRA config with a positive integer r and a positive lora_alpha.</exception>
+    public static PeftAdapterConfig ReadConfig(string configPath)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(configPath);
+        if (!File.Exists(configPath))
+        {
+            throw new FileNotFoundException($"The adapter has no config '{configPath}'.", configPath);
+        }
+
+        System.Text.Json.Nodes.JsonObject json;
+        try
+        {
+            json = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(configPath)) as System.Text.Json.Nodes.JsonObject
+                ?? throw new InvalidDataException($"'{configPath}' is not a JSON object.");
+        }
+        catch (JsonException e)
+        {
+            throw new InvalidDataException($"'{configPath}' is not valid JSON: {e.Message}", e);
+        }
+
+        try
+        {
+            string? type = json["peft_type"]?.GetValue<string>();
+            if (type is not null && type != "LORA")
+            {
+                throw new InvalidDataException($"'{configPath}': peft_type is '{type}', not 'LORA'.");
+            }
+
+            int r = json["r"]?.GetValue<int>() ?? throw new InvalidDataException($"'{configPath}' has no \"r\".");
+            double alpha = json["lora_alpha"]?.GetValue<double>() ?? r;
+            if (r < 1 || !(alpha > 0) || alpha != Math.Floor(alpha))
+            {
+                throw new InvalidDataException($"'{configPath}': r must be a positive integer and lora_alpha a positive integer, got r = {r}, lora_alpha = {alpha}.");
+            }
+
+            IReadOnlyList<string> targets = json["target_modules"] switch
+            {
+                System.Text.Json.Nodes.JsonArray array => array.Select(n => n!.GetValue<string>()).ToList(),
+                System.Text.Json.Nodes.JsonValue value => [value.GetValue<string>()],
+                _ => [],
+            };
+            return new PeftAdapterConfig(r, (int)alpha, targets, json["base_model_name_or_path"]?.GetValue<string>(), json["fan_in_fan_out"]?.GetValue<bool>() ?? false)
+            {
+                LoraDropout = json["lora_dropout"]?.GetValue<double>() ?? 0,
+                UseRsLora = json["use_rslora"]?.GetValue<bool>() ?? false,
+                TaskType = json["task_type"]?.GetValue<string>() ?? "CAUSAL_LM",
+            };
+        }
+        catch (Exception e) when (e is InvalidOperationException or FormatException)
+        {
+            throw new InvalidDataException($"'{configPath}': a field has the wrong type ({e.Message}).", e);
+        }
+    }
+}

@@ -1,6 +1,4 @@
-using System.Text.Json.Nodes;
 using LoftQNet.IO;
-using LoftQNet.Modules;
 using LoftQNet.Numerics;
 
 namespace LoftQNet.Pipeline;
@@ -62,7 +60,7 @@ public static class Evaluation
     }
 
     /// <summary>Loads a LLaMA-family model, merging a PEFT LoRA adapter's (alpha/r)·B·A into its targets when given.</summary>
-    public static LlamaModel Load(string modelDirectory, string? adapterDirectory = null)
+    internal static LlamaModel Load(string modelDirectory, string? adapterDirectory = null)
     {
         using HuggingFaceCheckpoint checkpoint = HuggingFaceCheckpoint.Open(modelDirectory);
         ModelConfig c = checkpoint.Config;
@@ -95,31 +93,16 @@ public static class Evaluation
 
     private static Dictionary<string, (float[] A, float[] B, int Rank, float Scale)> ReadAdapter(string directory)
     {
-        string configPath = Path.Combine(directory, "adapter_config.json");
-        JsonObject config = JsonNode.Parse(File.ReadAllText(configPath)) as JsonObject
-            ?? throw new InvalidDataException($"'{configPath}' is not a JSON object.");
-        int r = config["r"]?.GetValue<int>() ?? throw new InvalidDataException($"'{configPath}' has no \"r\".");
-        double alpha = config["lora_alpha"]?.GetValue<double>() ?? r;
-        if (config["fan_in_fan_out"]?.GetValue<bool>() == true)
+        using PeftAdapter adapter = PeftAdapterReader.Read(directory);
+        if (adapter.Config.FanInFanOut)
         {
-            throw new ArgumentException($"'{configPath}': fan_in_fan_out adapters are not supported by the LLaMA evaluator.");
+            throw new ArgumentException($"'{directory}': fan_in_fan_out adapters are not supported by the LLaMA evaluator.");
         }
 
-        using SafeTensorsFile file = SafeTensorsFile.Open(Path.Combine(directory, "adapter_model.safetensors"));
         var result = new Dictionary<string, (float[], float[], int, float)>(StringComparer.Ordinal);
-        const string Prefix = "base_model.model.";
-        foreach (SafeTensorInfo info in file.Tensors)
+        foreach (LoraTensors layer in adapter.Layers)
         {
-            if (!info.Name.EndsWith(".lora_A.weight", StringComparison.Ordinal) || !info.Name.StartsWith(Prefix, StringComparison.Ordinal))
-            {
-                continue;
-            }
-
-            string module = info.Name[Prefix.Length..^".lora_A.weight".Length];
-            string bName = Prefix + module + ".lora_B.weight";
-            float[] a = file.ReadAsSingle(info.Name);
-            float[] b = file.ReadAsSingle(bName);
-            result[module] = (a, b, r, (float)(alpha / r));
+            result[layer.ModulePath] = (layer.A.Span.ToArray(), layer.B.Span.ToArray(), adapter.Config.R, (float)adapter.Scaling);
         }
 
         return result;

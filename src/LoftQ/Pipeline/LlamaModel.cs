@@ -1,7 +1,7 @@
 using System.Numerics.Tensors;
 using LoftQNet.Numerics;
 
-namespace LoftQNet.Modules;
+namespace LoftQNet.Pipeline;
 
 /// <summary>The shape of a LLaMA-family decoder (Hugging Face <c>LlamaForCausalLM</c> semantics).</summary>
 /// <param name="HiddenSize">Model width.</param>
@@ -13,7 +13,7 @@ namespace LoftQNet.Modules;
 /// <param name="VocabSize">Vocabulary size.</param>
 /// <param name="RmsNormEps">RMSNorm epsilon.</param>
 /// <param name="RopeTheta">Rotary embedding base.</param>
-public sealed record LlamaConfig(
+internal sealed record LlamaConfig(
     int HiddenSize, int IntermediateSize, int LayerCount, int HeadCount, int KeyValueHeadCount, int HeadDim,
     int VocabSize, double RmsNormEps, double RopeTheta);
 
@@ -21,7 +21,7 @@ public sealed record LlamaConfig(
 /// A float32 forward pass of a LLaMA-family causal language model (RMSNorm, rotary attention, SwiGLU MLP),
 /// for evaluating quantized backbones and LoRA adapters; no KV cache, no training.
 /// </summary>
-public sealed class LlamaModel
+internal sealed class LlamaModel
 {
     private readonly LlamaConfig _c;
     private readonly float[] _embed;

@@ -2,7 +2,7 @@ using LoftQNet.IO;
 using LoftQNet.Numerics;
 using LoftQNet.Pipeline;
 
-namespace LoftQNet.Tests.Modules;
+namespace LoftQNet.Tests.Pipeline;
 
 public sealed class LlamaModelTests
 {
