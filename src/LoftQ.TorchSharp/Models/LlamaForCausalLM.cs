@@ -14,8 +14,9 @@ namespace LoftQNet.TorchSharp.Models;
 /// held in fields typed <see cref="nn.Module{T, TResult}"/>, so a LoRA module can replace them in place.
 /// </summary>
 /// <remarks>
-/// With <see cref="LlamaModelConfig.TieWordEmbeddings"/>, <c>lm_head.weight</c> is the embedding's
-/// <see cref="Parameter"/> itself, and <c>.to(dtype/device)</c> keeps the tie. No KV cache: every call runs the
+/// With <see cref="LlamaModelConfig.TieWordEmbeddings"/>, <c>lm_head.weight</c> shares the embedding's storage, and
+/// <c>.to(dtype/device)</c> keeps the tie. TorchSharp's <c>Embedding.weight</c> returns a new wrapper object per
+/// call, so compare storage, not references; <c>parameters()</c> lists the shared matrix under both names. No KV cache: every call runs the
 /// whole sequence (positions 0..T−1) with full causal attention.
 /// </remarks>
 public sealed class LlamaForCausalLM : nn.Module<Tensor, Tensor>
@@ -244,9 +245,11 @@ public sealed class LlamaForCausalLM : nn.Module<Tensor, Tensor>
 
     private void Retie()
     {
-        if (_config.TieWordEmbeddings && !ReferenceEquals(lm_head.weight, model.EmbedTokens.weight))
+        if (_config.TieWordEmbeddings)
         {
-            // Module._to converts each module's parameters separately, which would give lm_head its own copy.
+            // Module._to converts each module's parameters one module at a time. On the CPU the two handles still
+            // share one tensor afterwards (measured for dtype conversion); a conversion that allocates a new tensor
+            // would give lm_head its own copy, so point it back at the embedding's (the setter disposes the old one).
             lm_head.weight = model.EmbedTokens.weight!;
         }
     }

@@ -53,17 +53,22 @@ public sealed class LlamaForCausalLMTests(BundledModelFixture fixture, ITestOutp
     [Fact]
     public void BFloat16ComputeIsTheDefaultAndCloseToFloat32()
     {
+        // bf16 on this CPU is several times slower than float32 for these small shapes (42 s for all 64 windows,
+        // bpb 2.700368 there): score 16 windows in both dtypes and compare.
         byte[] text = File.ReadAllBytes(TestFiles.FortunesVal);
         using LlamaForCausalLM bf16 = LlamaForCausalLM.FromPretrained(TestFiles.FixtureModel);
         Assert.All(bf16.parameters(), p => Assert.Equal(ScalarType.BFloat16, p.dtype));
         var watch = Stopwatch.StartNew();
-        double bpb = LanguageModelMetrics.BitsPerByte(bf16, text);
-        output.WriteLine($"bfloat16 bits per byte {bpb:F6} (float32 reference {ReferenceBitsPerByte:F6}, diff {bpb - ReferenceBitsPerByte:+0.0000;-0.0000}) in {watch.Elapsed.TotalSeconds:F1} s");
+        double bpb16 = LanguageModelMetrics.BitsPerByte(bf16, text, windows: 16);
+        double seconds = watch.Elapsed.TotalSeconds;
+        double bpb32 = LanguageModelMetrics.BitsPerByte(fixture.Float32, text, windows: 16);
+        output.WriteLine($"16 windows: bfloat16 {bpb16:F6} ({seconds:F1} s), float32 {bpb32:F6}, diff {bpb16 - bpb32:+0.000000;-0.000000}");
 
-        // bf16 keeps 8 mantissa bits (relative rounding 2^-9 ≈ 0.2 %) on every activation and residual of 8 layers;
-        // the mean cross-entropy over 16,384 predictions moves far less than that per prediction because the
-        // rounding errors are unbiased. Measured: see the output line; the bound leaves ~4x headroom.
-        Assert.InRange(bpb, ReferenceBitsPerByte - 0.02, ReferenceBitsPerByte + 0.02);
+        // bf16 rounds every activation and residual to 8 significant bits (relative 2^-9 ≈ 0.2 %; the weights are
+        // stored in bf16, so they are exact), but the rounding errors are mostly unbiased, so the mean cross-entropy
+        // moves far less than 0.2 % of 2.7 bits. Measured: -0.0005 on these 16 windows, +0.00001 on all 64. The bound
+        // 0.01 leaves 20x headroom and still catches a rotary table or norm computed in bf16 instead of float32.
+        Assert.InRange(bpb16 - bpb32, -0.01, 0.01);
     }
 
     [Fact]
@@ -124,6 +129,7 @@ public sealed class LlamaForCausalLMTests(BundledModelFixture fixture, ITestOutp
             var old = (nn.Module<Tensor, Tensor>)field.GetValue(mlp)!;
             var zero = new ZeroModule(config.HiddenSize);
             field.SetValue(mlp, zero);
+            mlp.register_module("down_proj", null!);
             mlp.register_module("down_proj", zero);
             Tensor after = model.forward(input);
             Assert.False(torch.allclose(before, after));
