@@ -31,7 +31,10 @@ public sealed record LoftQModelOptions
     /// <summary>LoRA dropout of the new layers.</summary>
     public double Dropout { get; init; }
 
-    /// <summary>dtype of the LoRA factors; null keeps each replaced layer's weight dtype.</summary>
+    /// <summary>
+    /// dtype of the LoRA factors; null means float32 (float64 for float64 weights), as PEFT's default
+    /// <c>autocast_adapter_dtype</c> does: half-precision factors would round away the LoftQ initialisation.
+    /// </summary>
     public ScalarType? LoraDType { get; init; }
 
     /// <summary>Default targets when <see cref="LoftQOptions.Targets"/> is null: LLaMA-family projection names.</summary>
@@ -154,7 +157,7 @@ public static class LoftQModelInitializer
                             Tensor? bias = slots[k].Linear.bias;
                             created[k] = LoraLinear.Create(
                                 r.Result.Quantized, r.Result.A.Span, r.AdapterB.Span, options.Rank, plan.Alpha, bias?.detach(),
-                                modelOptions.LoraDType ?? inputs[i].DType, inputs[i].Device, modelOptions.Dropout);
+                                modelOptions.LoraDType ?? (inputs[i].DType == ScalarType.Float64 ? ScalarType.Float64 : ScalarType.Float32), inputs[i].Device, modelOptions.Dropout);
                             reports[k] = r.Report;
                             progress?.Report(new LoftQProgress(LoftQProgressKind.LayerCompleted, ++done, slots.Count, r.Report));
                         }

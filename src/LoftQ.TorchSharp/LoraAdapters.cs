@@ -59,7 +59,7 @@ public static class LoraAdapters
                 tensors.Add(new LoraTensors(path, ToMatrix(layer.A), ToMatrix(layer.B)));
             }
 
-            var config = new PeftAdapterConfig(rank, (int)alpha, PeftAdapterConfig.TargetModulesFor(layers.Select(l => l.Path)), baseModelNameOrPath)
+            var config = new PeftAdapterConfig(rank, (int)alpha, PeftAdapterConfig.TargetModulesFor(layers.Select(l => l.Path).Order(StringComparer.Ordinal)), baseModelNameOrPath)
             {
                 LoraDropout = dropout,
             };

@@ -410,7 +410,7 @@ internal static class CheckpointPipeline
         var config = new PeftAdapterConfig(
             options.Rank,
             options.Alpha ?? options.Rank,
-            PeftAdapterConfig.TargetModulesFor(adapters.Select(a => a.ModulePath)),
+            PeftAdapterConfig.TargetModulesFor(adapters.Select(a => a.ModulePath).Order(StringComparer.Ordinal)),
             Path.GetFullPath(modelDirectory),
             fanInFanOut);
         PeftAdapterWriter.Write(Path.Combine(outputDirectory, "loftq_init"), config, adapters);

@@ -4,8 +4,8 @@ using LoftQNet.TorchSharp.Models;
 using TorchSharp;
 using Xunit.Abstractions;
 using static TorchSharp.torch;
-using CoreLlama = LoftQNet.Modules.LlamaModel;
-using CoreLlamaConfig = LoftQNet.Modules.LlamaConfig;
+using CoreLlama = LoftQNet.Pipeline.LlamaModel;
+using CoreLlamaConfig = LoftQNet.Pipeline.LlamaConfig;
 
 namespace LoftQNet.TorchSharp.Tests.Models;
 
