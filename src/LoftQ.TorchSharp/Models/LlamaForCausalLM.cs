@@ -102,7 +102,8 @@ public sealed class LlamaForCausalLM : nn.Module<Tensor, Tensor>
         return result;
     }
 
-    /// <summary>Logits [batch, T, vocab] for token ids <paramref name="input"/> [batch, T] (int64).</summary>
+    /// <summary>Logits [batch, T, vocab] for token ids <paramref name="input"/> [batch, T] (int64), in the model's dtype.</summary>
+    /// <exception cref="ArgumentException">The ids are not an int64 [batch, T] tensor with T ≥ 1.</exception>
     public override Tensor forward(Tensor input)
     {
         using var scope = NewDisposeScope();
