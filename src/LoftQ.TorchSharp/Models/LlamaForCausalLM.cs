@@ -24,6 +24,9 @@ public sealed class LlamaForCausalLM : nn.Module<Tensor, Tensor>
     private const string EmbedName = "model.embed_tokens.weight";
     private const string HeadName = "lm_head.weight";
 
+    /// <summary>Largest piece copied at once: the byte copy of a whole tensor, or one staging chunk of rows.</summary>
+    internal const long DefaultMaxChunkBytes = 256L << 20;
+
     private readonly LlamaDecoder model;
     private readonly Linear lm_head;
     private readonly LlamaModelConfig _config;
@@ -102,7 +105,8 @@ public sealed class LlamaForCausalLM : nn.Module<Tensor, Tensor>
         return result;
     }
 
-    /// <summary>Logits [batch, T, vocab] for token ids <paramref name="input"/> [batch, T] (int64).</summary>
+    /// <summary>Logits [batch, T, vocab] for token ids <paramref name="input"/> [batch, T] (int64), in the model's dtype.</summary>
+    /// <exception cref="ArgumentException">The ids are not an int64 [batch, T] tensor with T ≥ 1.</exception>
     public override Tensor forward(Tensor input)
     {
         using var scope = NewDisposeScope();
@@ -134,8 +138,8 @@ public sealed class LlamaForCausalLM : nn.Module<Tensor, Tensor>
         return result;
     }
 
-    /// <summary>Fills every parameter from <paramref name="checkpoint"/>, checking names, shapes and dtypes.</summary>
-    internal void Load(HuggingFaceCheckpoint checkpoint)
+    /// <summary>Fills every parameter from <paramref name="checkpoint"/>, checking names, shapes and dtypes; tensors over <paramref name="maxChunkBytes"/> are staged in pieces of rows.</summary>
+    internal void Load(HuggingFaceCheckpoint checkpoint, long maxChunkBytes = DefaultMaxChunkBytes)
     {
         Dictionary<string, Tensor> parameters = state_dict();
         var expected = new HashSet<string>(parameters.Keys, StringComparer.Ordinal);
@@ -167,12 +171,12 @@ public sealed class LlamaForCausalLM : nn.Module<Tensor, Tensor>
             foreach (string name in expected)
             {
                 SafeTensorsFile file = checkpoint.OpenShard(checkpoint.ShardOf(name));
-                Fill(parameters[name], file, name);
+                Fill(parameters[name], file, name, maxChunkBytes);
             }
         }
     }
 
-    private static void Fill(Tensor destination, SafeTensorsFile file, string name)
+    private static void Fill(Tensor destination, SafeTensorsFile file, string name, long maxChunkBytes)
     {
         SafeTensorInfo info = file.GetInfo(name);
         if (!info.Shape.AsSpan().SequenceEqual(destination.shape))
@@ -190,7 +194,7 @@ public sealed class LlamaForCausalLM : nn.Module<Tensor, Tensor>
         };
 
         // Same dtype on the CPU: the checkpoint's bytes go straight into the parameter's storage.
-        if (stored == destination.dtype && destination.device_type == DeviceType.CPU && destination.is_contiguous() && info.ByteLength <= MaxChunkBytes)
+        if (stored == destination.dtype && destination.device_type == DeviceType.CPU && destination.is_contiguous() && info.ByteLength <= maxChunkBytes)
         {
             file.GetBytes(name).CopyTo(destination.bytes);
             return;
@@ -199,7 +203,7 @@ public sealed class LlamaForCausalLM : nn.Module<Tensor, Tensor>
         // Otherwise stage rows in the stored dtype (no float detour) and let copy_ convert and move them.
         long rows = info.Shape.Length == 0 ? 1 : info.Shape[0];
         long rowBytes = rows == 0 ? 0 : info.ByteLength / rows;
-        long rowsPerChunk = Math.Max(1, MaxChunkBytes / Math.Max(1, rowBytes));
+        long rowsPerChunk = Math.Max(1, maxChunkBytes / Math.Max(1, rowBytes));
         for (long r = 0; r < rows; r += rowsPerChunk)
         {
             long n = Math.Min(rowsPerChunk, rows - r);
@@ -218,8 +222,6 @@ public sealed class LlamaForCausalLM : nn.Module<Tensor, Tensor>
         }
     }
 
-    private const long MaxChunkBytes = 256L << 20;
-
     private static ScalarType StoredComputeType(HuggingFaceCheckpoint checkpoint)
     {
         switch (checkpoint.Config.TorchDType)
@@ -230,9 +232,13 @@ public sealed class LlamaForCausalLM : nn.Module<Tensor, Tensor>
             default: break;
         }
 
-        return checkpoint.Contains(EmbedName) && checkpoint.GetInfo(EmbedName).DType is SafeTensorDType.BF16
-            ? ScalarType.BFloat16
-            : checkpoint.Contains(EmbedName) && checkpoint.GetInfo(EmbedName).DType is SafeTensorDType.F16 ? ScalarType.Float16 : ScalarType.Float32;
+        SafeTensorDType? stored = checkpoint.Contains(EmbedName) ? checkpoint.GetInfo(EmbedName).DType : null;
+        return stored switch
+        {
+            SafeTensorDType.BF16 => ScalarType.BFloat16,
+            SafeTensorDType.F16 => ScalarType.Float16,
+            _ => ScalarType.Float32,
+        };
     }
 
     private static void CheckComputeType(ScalarType dtype, string parameter)

@@ -259,8 +259,14 @@ public sealed class LlamaDecoder : nn.Module<Tensor, Tensor>
     public LlamaRmsNorm Norm => norm;
 
     /// <summary>Hidden states [batch, T, hidden] for token ids <paramref name="input"/> [batch, T] (int64).</summary>
+    /// <exception cref="ArgumentException">The ids are not an int64 [batch, T] tensor with T ≥ 1.</exception>
     public override Tensor forward(Tensor input)
     {
+        if (input.dtype != ScalarType.Int64 || input.ndim != 2 || input.shape[1] < 1)
+        {
+            throw new ArgumentException($"Token ids must be an int64 tensor [batch, T] with T ≥ 1; got {input.dtype} [{string.Join(", ", input.shape)}].", nameof(input));
+        }
+
         using var scope = NewDisposeScope();
         Tensor h = embed_tokens.forward(input);
         (Tensor cos, Tensor sin) = rotary_emb.forward(h);

@@ -57,6 +57,29 @@ public sealed class LlamaCheckpointTests(ITestOutputHelper output)
         }
     }
 
+    [Theory]
+    [InlineData(SafeTensorDType.F32)]
+    [InlineData(SafeTensorDType.BF16)]
+    public void LargeTensorsStagedInChunksOfRowsLoadTheSameValues(SafeTensorDType stored)
+    {
+        using var dir = new TempDir();
+        WriteCheckpoint(dir.Path, s_gqa, stored, seed: 7);
+        using HuggingFaceCheckpoint checkpoint = HuggingFaceCheckpoint.Open(dir.Path);
+        using var whole = new LlamaForCausalLM(s_gqa);
+        whole.Load(checkpoint);
+        using var chunked = new LlamaForCausalLM(s_gqa);
+        // 100 bytes: 25 float32 values, so every matrix goes through several chunks (row widths are 32 or 48).
+        chunked.Load(checkpoint, maxChunkBytes: 100);
+        Dictionary<string, Tensor> a = whole.state_dict(), b = chunked.state_dict();
+        Assert.Equal(checkpoint.TensorNames.Count, a.Count);
+        foreach ((string name, Tensor t) in a)
+        {
+            float[] expected = checkpoint.ReadAsSingle(name);
+            Assert.Equal(expected, t.data<float>().ToArray());
+            Assert.Equal(expected, b[name].data<float>().ToArray());
+        }
+    }
+
     [Fact]
     public void AMissingTensorIsNamed()
     {

@@ -8,11 +8,17 @@ public sealed class BundledModelFixture : IDisposable
 {
     public BundledModelFixture()
     {
+        var watch = System.Diagnostics.Stopwatch.StartNew();
         TorchSetup.Ensure();
+        LoadMilliseconds = watch.ElapsedMilliseconds;
         Float32 = LlamaForCausalLM.FromPretrained(TestFiles.FixtureModel, torch.ScalarType.Float32);
+        LoadMilliseconds = watch.ElapsedMilliseconds - LoadMilliseconds;
     }
 
     public LlamaForCausalLM Float32 { get; }
+
+    /// <summary>How long FromPretrained took for the bundled model (bf16 shards into float32).</summary>
+    public long LoadMilliseconds { get; }
 
     public void Dispose() => Float32.Dispose();
 }
