@@ -116,6 +116,12 @@ public class AdapterAndMemoryTests : TorchTestBase
         target.Dispose();
     }
 
+}
+
+/// <summary>Resident-memory measurements: in the non-parallel collection, so no other test allocates meanwhile.</summary>
+[Collection(LoftQNet.TorchSharp.Tests.Models.TorchCollection.Name)]
+public class BackwardMemoryTests : TorchTestBase
+{
     [Fact]
     public void BackwardDoesNotKeepTheDenseBaseAlive()
     {
