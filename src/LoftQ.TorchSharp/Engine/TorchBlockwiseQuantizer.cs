@@ -203,6 +203,26 @@ public sealed class TorchBlockwiseQuantizer : IQuantizer, IDisposable
 
         using var scope = NewDisposeScope();
         Device device = codes.device;
+        if (8 % bits == 0)
+        {
+            // 1, 2 or 4 bits: whole codes per byte, combined in uint8 (first code in the highest bits).
+            int perByte = 8 / bits;
+            Tensor c = codes.reshape(-1).to(ScalarType.Byte);
+            if (bytes * perByte != n)
+            {
+                c = cat([c, zeros((bytes * perByte) - n, ScalarType.Byte, device)]);
+            }
+
+            Tensor grouped = c.view(bytes, perByte);
+            Tensor acc = grouped.select(1, 0).clone();
+            for (int j = 1; j < perByte; j++)
+            {
+                acc = acc.bitwise_left_shift_(tensor((byte)bits, ScalarType.Byte, device)).bitwise_or_(grouped.select(1, j));
+            }
+
+            return acc.MoveToOuterDisposeScope();
+        }
+
         long groups = (n + 7) / 8;
         Tensor flat = codes.reshape(-1).to(ScalarType.Int64);
         if (groups * 8 != n)
@@ -419,6 +439,21 @@ public sealed class TorchBlockwiseQuantizer : IQuantizer, IDisposable
         return bad.to(ScalarType.Byte).argmax().item<long>();
     }
 
+    /// <summary>Throws, naming the first non-finite element of <paramref name="weight"/>, when a block statistic is not finite.</summary>
+    private static void ThrowIfNonFinite(Tensor weight, Tensor blockStatistic)
+    {
+        if (IndexOfNonFinite(blockStatistic) < 0)
+        {
+            return;
+        }
+
+        long bad = IndexOfNonFinite(weight);
+        if (bad >= 0)
+        {
+            throw new ArgumentException($"Value at flat index {bad} is {ValueAt(weight, bad)}; quantization needs finite values.", nameof(weight));
+        }
+    }
+
     /// <summary>The value at a flat index, for error messages.</summary>
     internal static float ValueAt(Tensor values, long index)
     {
@@ -505,12 +540,6 @@ public sealed class TorchBlockwiseQuantizer : IQuantizer, IDisposable
 
         using var scope = NewDisposeScope();
         Tensor flat = weight.to(ScalarType.Float32).reshape(-1);
-        long bad = IndexOfNonFinite(flat);
-        if (bad >= 0)
-        {
-            throw new ArgumentException($"Value at flat index {bad} is {ValueAt(flat, bad)}; quantization needs finite values.", nameof(weight));
-        }
-
         long blocks = (n + BlockSize - 1) / BlockSize;
         long padded = blocks * BlockSize;
         if (padded != n)
@@ -522,12 +551,14 @@ public sealed class TorchBlockwiseQuantizer : IQuantizer, IDisposable
         Tensor x = flat.view(blocks, BlockSize);
         Tensor scales;
         Tensor? offsets = null;
+        bool fresh = false;
         if (IsAsymmetric)
         {
             Tensor min = x.amin([1], keepdim: true);
             Tensor max = x.amax([1], keepdim: true);
             scales = max - min;
             offsets = min;
+            ThrowIfNonFinite(weight, scales); // NaN and ±∞ propagate into the block's min/max
             long overflow = IndexOfNonFinite(scales);
             if (overflow >= 0)
             {
@@ -536,10 +567,12 @@ public sealed class TorchBlockwiseQuantizer : IQuantizer, IDisposable
             }
 
             x = x - offsets;
+            fresh = true;
         }
         else
         {
             scales = x.abs().amax([1], keepdim: true);
+            ThrowIfNonFinite(weight, scales); // NaN and ±∞ propagate into the block's absmax
         }
 
         // ratio = (x − offset) · (1 / scale); a zero scale gives ratio 0; a subnormal scale (1/scale = ∞) divides.
@@ -553,7 +586,7 @@ public sealed class TorchBlockwiseQuantizer : IQuantizer, IDisposable
         }
         else
         {
-            ratio = x * inverse;
+            ratio = fresh ? x.mul_(inverse) : x * inverse;
         }
 
         (Tensor levels, Tensor thresholds) = TablesFor(weight.device);

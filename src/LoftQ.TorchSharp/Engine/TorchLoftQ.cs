@@ -62,7 +62,7 @@ public static class TorchLoftQ
         var trace = new List<double>(iterations);
         Tensor work = w;                 // the input of the next quantization: W − B·A
         TorchLowRankFactors? previous = null, best = null;
-        Tensor? bestPacked = null, bestScales = null, bestOffsets = null;
+        Tensor? bestCodes = null, bestScales = null, bestOffsets = null;
         double bestError = double.PositiveInfinity, qloraError = double.NaN;
         int bestPass = 0;
         for (int t = 1; t <= iterations; t++)
@@ -70,21 +70,13 @@ public static class TorchLoftQ
             using var pass = NewDisposeScope();
             (Tensor codes, Tensor scales, Tensor? offsets, Tensor deq) = quantizer.QuantizeDequantize(work);
             Tensor residual = w - deq;
+            deq.Dispose(); // free it before the solver allocates
             if (t == 1)
             {
                 qloraError = Relative(Norm(residual), weightNorm);
             }
 
-            residual = residual.DetachFromDisposeScope(); // freed below, before the next pass allocates
-            TorchLowRankFactors factors;
-            try
-            {
-                factors = solver.Decompose(residual, rank, previous);
-            }
-            finally
-            {
-                residual.Dispose();
-            }
+            TorchLowRankFactors factors = solver.Decompose(residual, rank, previous);
 
             // Keep the factors beyond this pass (a solver that returns them unscoped leaves them to us).
             pass.MoveToOuter(factors.A, factors.B, factors.SingularValues);
@@ -94,9 +86,11 @@ public static class TorchLoftQ
                 throw new InvalidOperationException($"The low-rank solver returned factors of the wrong shape (expected B {m}x{rank} and A {rank}x{n}).");
             }
 
-            // W − B·A is the next quantization's input; the error is ‖(W − B·A) − deq(Q)‖.
-            Tensor next = addmm(w, factors.B.to(ScalarType.Float32), factors.A.to(ScalarType.Float32), beta: 1, alpha: -1);
-            double error = Relative(Norm(next - deq), weightNorm);
+            // The error ‖W − deq(Q) − B·A‖, in place in the residual; W − B·A is the next quantization's input.
+            Tensor b32 = factors.B.to(ScalarType.Float32), a32 = factors.A.to(ScalarType.Float32);
+            double error = Relative(Norm(residual.addmm_(b32, a32, beta: 1, alpha: -1)), weightNorm);
+            residual.Dispose();
+            Tensor next = addmm(w, b32, a32, beta: 1, alpha: -1);
             trace.Add(error);
             if (!ReferenceEquals(work, w))
             {
@@ -111,11 +105,11 @@ public static class TorchLoftQ
                     best.Dispose();
                 }
 
-                bestPacked?.Dispose();
+                bestCodes?.Dispose();
                 bestScales?.Dispose();
                 bestOffsets?.Dispose();
                 best = factors;
-                bestPacked = TorchBlockwiseQuantizer.Pack(codes, quantizer.Bits).MoveToOuterDisposeScope();
+                bestCodes = codes.MoveToOuterDisposeScope(); // packed once, at the end
                 bestScales = scales.MoveToOuterDisposeScope();
                 bestOffsets = offsets?.MoveToOuterDisposeScope();
                 bestError = error;
@@ -135,9 +129,10 @@ public static class TorchLoftQ
             previous.Dispose();
         }
 
+        Tensor bestPacked = TorchBlockwiseQuantizer.Pack(bestCodes!, quantizer.Bits);
         Synchronize(w.device);
         return Keep(
-            new TorchLoftQResult(quantizer, shape, bestPacked!, bestScales!, bestOffsets, best!.A, best.B, trace, bestPass, bestError, qloraError, clock.Elapsed),
+            new TorchLoftQResult(quantizer, shape, bestPacked, bestScales!, bestOffsets, best!.A, best.B, trace, bestPass, bestError, qloraError, clock.Elapsed),
             scope,
             best.SingularValues);
     }
