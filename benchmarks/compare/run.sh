@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Side-by-side comparison: the PyTorch reference LoftQ (full SVD, and torch.svd_lowrank) against LoftQ.NET,
 # on the same inputs, the same machine and the same thread count, in one go. Prints a Markdown table.
+# The LoftQ.NET process also runs the TorchSharp anchor (LoftQ.TorchSharp's torch engine: threshold quantizer +
+# qr-based randomized SVD, median of 3; the full-SVD variant once, where the plan has the "full" variant).
 #
 #   benchmarks/compare/run.sh            # everything (the full-SVD 11008x4096 case takes minutes)
 #   QUICK=1 benchmarks/compare/run.sh    # skip the slowest torch case

@@ -18,4 +18,7 @@ for case, results in by_case.items():
             ratio = f"{r['seconds'] / ours['seconds']:.1f}x"
         err = f"{r['error']:.4f}" if "error" in r else ""
         thr = f"{r['gflops']:.1f} GFLOP/s" if "gflops" in r else (f"{r['gbps']:.2f} GB/s" if "gbps" in r else "")
-        print(f"| {case} | {r['impl']} | {r['seconds']:.3f} | {ratio} | {err} | {thr} | {r.get('peak_rss_mb', 0):.0f} |")
+        secs = f"{r['seconds']:.3f}"
+        if "min" in r and "max" in r:
+            secs += f" ({r['min']:.3f}–{r['max']:.3f}, median of {r.get('repeats', 3)})"
+        print(f"| {case} | {r['impl']} | {secs} | {ratio} | {err} | {thr} | {r.get('peak_rss_mb', 0):.0f} |")
