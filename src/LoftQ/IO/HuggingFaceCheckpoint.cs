@@ -67,7 +67,9 @@ public sealed class HuggingFaceCheckpoint : IDisposable
         string dir = System.IO.Path.GetFullPath(directory);
         if (!System.IO.Directory.Exists(dir))
         {
-            throw new DirectoryNotFoundException($"Checkpoint directory '{dir}' does not exist.");
+            throw new DirectoryNotFoundException(File.Exists(dir)
+                ? $"'{dir}' is a file, not a model directory (pass the folder holding config.json and the safetensors files)."
+                : $"Checkpoint directory '{dir}' does not exist.");
         }
 
         string configPath = System.IO.Path.Combine(dir, "config.json");

@@ -31,7 +31,9 @@ internal static class CheckpointPipeline
         var clock = Stopwatch.StartNew();
         if (!Directory.Exists(modelDirectory))
         {
-            throw new DirectoryNotFoundException($"Model directory '{modelDirectory}' does not exist.");
+            throw new DirectoryNotFoundException(File.Exists(modelDirectory)
+                ? $"Model directory '{modelDirectory}' is a file, not a model directory (pass the folder holding config.json and the safetensors files)."
+                : $"Model directory '{modelDirectory}' does not exist.");
         }
 
         int previousThreads = ComputeSettings.MaxThreads;
@@ -50,7 +52,9 @@ internal static class CheckpointPipeline
             IQuantizationPolicy policy = plan.Policy;
             CheckTargets(checkpoint, targets, options, policy, fanInFanOut);
 
-            using OutputStaging staging = OutputStaging.Create(outputDirectory, modelDirectory, options.Overwrite);
+            using OutputStaging staging = OutputStaging.Create(
+                outputDirectory, modelDirectory, options.Overwrite,
+                message => progress?.Report(new LoftQProgress(LoftQProgressKind.Notice, 0, targets.Count, Message: message)));
             progress?.Report(new LoftQProgress(LoftQProgressKind.Started, 0, targets.Count));
 
             var layers = new List<LayerReport>(targets.Count);
