@@ -315,7 +315,17 @@ internal static class CheckpointPipeline
             catch (ArgumentException e)
             {
                 // E.g. a NaN weight: say which tensor of which file, not only which element.
-                throw new ArgumentException($"Tensor '{targets[i].Name}' in '{file.Path}': {e.Message}", e);
+                throw new ArgumentException($"Tensor '{targets[i].Name}' in '{file.Path}': {ExplainHugeWeight(file, targets[i])}{e.Message}", e);
+            }
+            catch (OverflowException e)
+            {
+                throw new OverflowException(
+                    $"{e.Message} The input '{file.Path}' stores this weight as {targets[i].DType.ToHeaderString()}; LoftQ's Q quantizes W - B·A, " +
+                    "whose range can exceed W's own. With --iters 1 (Q = q(W)) it cannot; or convert the checkpoint to a wider dtype.", e);
+            }
+            catch (NotFiniteNumberException e)
+            {
+                throw new NotFiniteNumberException($"{ExplainHugeWeight(file, targets[i])}{e.Message} (input '{file.Path}')", e.OffendingNumber, e);
             }
 
                 outputs[targets[i].Name] = output;
@@ -329,6 +339,28 @@ internal static class CheckpointPipeline
             throw;
         }
         return new Dictionary<string, TargetOutput>(outputs, StringComparer.Ordinal);
+    }
+
+    /// <summary>
+    /// When a target fails on finite but huge values (float32 arithmetic overflowing into ±∞ or NaN), the reason to
+    /// lead the message with; empty when the weight is ordinary or itself holds NaN/∞ (the message says so already).
+    /// </summary>
+    private static string ExplainHugeWeight(SafeTensorsFile file, SafeTensorInfo info)
+    {
+        float[] w = file.ReadAsSingle(info.Name);
+        if (FloatConversions.IndexOfNonFinite(w) >= 0)
+        {
+            return string.Empty;
+        }
+
+        int at = System.Numerics.Tensors.TensorPrimitives.IndexOfMaxMagnitude(w);
+        if (at < 0 || Math.Abs(w[at]) < 1e15f)
+        {
+            return string.Empty;
+        }
+
+        return string.Create(CultureInfo.InvariantCulture,
+            $"its values are finite but reach {w[at]:R} (element {at}), so LoftQ's float32 arithmetic (residuals, products, norms) overflowed to infinity; weights this large cannot be LoftQ-initialised. Details: ");
     }
 
     private static TargetOutput ProcessTarget(SafeTensorsFile file, SafeTensorInfo info, LoftQPlan plan, bool fanInFanOut)

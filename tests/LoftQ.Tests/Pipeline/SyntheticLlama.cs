@@ -52,7 +52,10 @@ internal static class SyntheticLlama
                     ?? (name.EndsWith("norm.weight", StringComparison.Ordinal) ? 1f : (float)((random.NextDouble() - 0.5) * 0.1));
             }
 
-            entries.Add(SafeTensorEntry.FromSingle(name, shape, values, dtype));
+            // F32 is written raw, so tests can plant NaN or infinity in the input.
+            entries.Add(dtype == SafeTensorDType.F32
+                ? SafeTensorEntry.FromBytes(name, dtype, shape, System.Runtime.InteropServices.MemoryMarshal.AsBytes(values.AsSpan()).ToArray())
+                : SafeTensorEntry.FromSingle(name, shape, values, dtype));
         }
 
         SafeTensorsWriter.Write(Path.Combine(directory, HuggingFaceCheckpoint.SingleFileName), entries);
