@@ -222,6 +222,19 @@ public sealed class SafeTensorsWriter : IDisposable
         }
     }
 
+    /// <summary>Copies tensor <paramref name="name"/> of <paramref name="source"/> byte for byte as the whole next tensor (streamed, 1 MiB at a time).</summary>
+    internal void WriteTensorFrom(SafeTensorsFile source, string name)
+    {
+        SafeTensorDescriptor next = ExpectStart(name);
+        long length = source.GetInfo(name).ByteLength;
+        if (length != _lengths[_current])
+        {
+            throw new ArgumentException($"Tensor '{name}' ({next.DType.ToHeaderString()}, shape [{string.Join(", ", next.Shape)}]) needs {_lengths[_current]} bytes, the source has {length}.", nameof(name));
+        }
+
+        source.CopyTo(name, static (chunk, writer) => ((SafeTensorsWriter)writer!).WriteChunk(chunk), this);
+    }
+
     /// <summary>Converts <paramref name="values"/> to the declared dtype (F32, F16 or BF16) and writes them as the whole next tensor <paramref name="name"/>.</summary>
     /// <exception cref="ArgumentException">The count differs from the element count, or the declared dtype is not F32/F16/BF16.</exception>
     /// <exception cref="OverflowException">A finite value is too large for the dtype.</exception>

@@ -77,7 +77,7 @@ internal static class CheckpointPipeline
                             progress?.Report(new LoftQProgress(LoftQProgressKind.LayerCompleted, completed, targets.Count, output.Report));
                         });
 
-                    // Stream the shard: copied tensors go straight from the memory-mapped input to the output, so
+                    // Stream the shard: copied tensors go from the input to the output 1 MiB at a time, so
                     // only the new target tensors of this shard are held in memory.
                     var descriptors = new List<SafeTensorDescriptor>(file.Tensors.Count);
                     foreach (SafeTensorInfo info in file.Tensors)
@@ -107,7 +107,7 @@ internal static class CheckpointPipeline
                             }
                             else
                             {
-                                writer.WriteTensor(info.Name, file.GetBytes(info.Name));
+                                writer.WriteTensorFrom(file, info.Name);
                             }
                         }
 
