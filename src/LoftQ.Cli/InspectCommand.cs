@@ -26,6 +26,7 @@ internal static class InspectCommand
         if (Directory.Exists(path))
         {
             using HuggingFaceCheckpoint checkpoint = HuggingFaceCheckpoint.Open(path);
+            ConfigConsistency.Validate(checkpoint);
             foreach (string shard in checkpoint.ShardFiles)
             {
                 files.Add((shard, checkpoint.TensorsInShard(shard)));

@@ -45,6 +45,8 @@ internal static class CheckpointPipeline
         try
         {
             using HuggingFaceCheckpoint checkpoint = HuggingFaceCheckpoint.Open(modelDirectory);
+            ConfigConsistency.Validate(checkpoint);
+            CheckLayerCountForMixedPrecision(options, checkpoint.Config);
             IReadOnlyList<string> targets = TargetSelector.Select(checkpoint, options.Targets);
             var targetSet = new HashSet<string>(targets, StringComparer.Ordinal);
             bool fanInFanOut = checkpoint.Config.FanInFanOut;
@@ -212,6 +214,15 @@ internal static class CheckpointPipeline
         if (o.DoubleQuant && o.Format != OutputFormat.BitsAndBytesNf4)
         {
             throw new ArgumentException("--double-quant applies only to --format bnb-nf4.");
+        }
+    }
+
+    private static void CheckLayerCountForMixedPrecision(LoftQOptions o, ModelConfig config)
+    {
+        if (o.Policy is null && o.Bits != Math.Floor(o.Bits) && config.NumHiddenLayers < 1)
+        {
+            throw new ArgumentException(string.Create(CultureInfo.InvariantCulture,
+                $"--bits {o.Bits} (mixed precision) gives the first decoder layers 4 bits and the rest 2, but {config.Source} says num_hidden_layers is {config.NumHiddenLayers}; fix the config or use whole --bits."));
         }
     }
 

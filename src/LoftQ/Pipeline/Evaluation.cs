@@ -65,6 +65,7 @@ public static class Evaluation
     public static LlamaModel Load(string modelDirectory, string? adapterDirectory = null)
     {
         using HuggingFaceCheckpoint checkpoint = HuggingFaceCheckpoint.Open(modelDirectory);
+        ConfigConsistency.Validate(checkpoint);
         ModelConfig c = checkpoint.Config;
         if (c.ModelType is not ("llama" or "mistral" or "qwen2"))
         {
