@@ -17,7 +17,8 @@ namespace LoftQNet.IO;
 /// Layout: an 8-byte little-endian header length N, N bytes of UTF-8 JSON mapping each tensor name to
 /// <c>{"dtype", "shape", "data_offsets": [begin, end)}</c> (offsets relative to the data region that follows the
 /// header) plus an optional <c>"__metadata__"</c> object of strings, then the data region. Open rejects: a file
-/// shorter than 8 bytes, N larger than the rest of the file or than 100 MB, invalid UTF-8 or JSON, a header that is
+/// shorter than 8 bytes, N larger than the rest of the file or than 100 MB, a header not starting with <c>{</c>,
+/// more than <see cref="MaxTensors"/> tensors, a shape of rank above <see cref="MaxRank"/>, invalid UTF-8 or JSON, a header that is
 /// not an object, duplicate names, missing or ill-typed fields, an unknown dtype, a negative or non-integer
 /// dimension, an element count that overflows, a byte length that differs from elements × dtype size, offsets
 /// that are out of range, overlap, leave gaps or do not cover the data region exactly, and non-string metadata.
@@ -26,6 +27,16 @@ public sealed class SafeTensorsFile : IDisposable
 {
     /// <summary>The largest header accepted (100 MB), as in the reference implementation.</summary>
     public const long MaxHeaderLength = 100_000_000;
+
+    /// <summary>
+    /// The most tensors one file may declare (200,000). Real checkpoints hold at most tens of thousands per file; the
+    /// bound keeps a valid-but-hostile 100 MB header of millions of empty tensors from costing gigabytes (a file at
+    /// the limit costs about 150 MB to open and list). The reference reader bounds only the header size.
+    /// </summary>
+    public const int MaxTensors = 200_000;
+
+    /// <summary>The highest tensor rank accepted (32, numpy's historical NPY_MAXDIMS; model weights use at most 5).</summary>
+    public const int MaxRank = 32;
 
     private const string MetadataKey = "__metadata__";
 
@@ -314,6 +325,8 @@ public sealed class SafeTensorsFile : IDisposable
             throw new SafeTensorsFormatException($"{path}: the header is not valid UTF-8.");
         }
 
+        CountEntries(path, header.Span);
+
         JsonDocument document;
         try
         {
@@ -387,6 +400,31 @@ public sealed class SafeTensorsFile : IDisposable
         }
     }
 
+    /// <summary>
+    /// A streaming pass (no allocation) over the header's top level that rejects more than <see cref="MaxTensors"/>
+    /// entries before any per-tensor object is built; grammar errors are left to the full parse.
+    /// </summary>
+    private static void CountEntries(string path, ReadOnlySpan<byte> header)
+    {
+        var reader = new Utf8JsonReader(header, new JsonReaderOptions { MaxDepth = 64 });
+        long entries = 0;
+        try
+        {
+            while (reader.Read())
+            {
+                if (reader.TokenType == JsonTokenType.PropertyName && reader.CurrentDepth == 1
+                    && !reader.ValueTextEquals(MetadataKey) && ++entries > MaxTensors)
+                {
+                    throw new SafeTensorsFormatException($"{path}: the header declares more than {MaxTensors:N0} tensors, the limit for one file.");
+                }
+            }
+        }
+        catch (JsonException)
+        {
+            // Reported with its position by the full parse.
+        }
+    }
+
     private static void ParseMetadata(string path, JsonElement value, Dictionary<string, string> metadata)
     {
         if (value.ValueKind != JsonValueKind.Object)
@@ -444,6 +482,10 @@ public sealed class SafeTensorsFile : IDisposable
         }
 
         int rank = shapeArray.GetArrayLength();
+        if (rank > MaxRank)
+        {
+            throw new SafeTensorsFormatException($"{path}: tensor '{name}' has a shape of rank {rank:N0}; the limit is {MaxRank}.");
+        }
         var shape = new long[rank];
         int k = 0;
         foreach (JsonElement d in shapeArray.EnumerateArray())
