@@ -28,5 +28,6 @@ internal static class ExitCodes
         or InvalidDataException
         or JsonException
         or KeyNotFoundException
-        or OverflowException;
+        or OverflowException
+        or NotFiniteNumberException;
 }

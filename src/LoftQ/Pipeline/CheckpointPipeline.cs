@@ -48,6 +48,7 @@ internal static class CheckpointPipeline
             ConfigConsistency.Validate(checkpoint);
             CheckLayerCountForMixedPrecision(options, checkpoint.Config);
             IReadOnlyList<string> targets = TargetSelector.Select(checkpoint, options.Targets);
+            List<string> warnings = NonMatrixTargetWarnings(checkpoint, options.Targets);
             var targetSet = new HashSet<string>(targets, StringComparer.Ordinal);
             bool fanInFanOut = checkpoint.Config.FanInFanOut;
             var plan = new LoftQPlan(options, checkpoint.Config.NumHiddenLayers);
@@ -57,6 +58,11 @@ internal static class CheckpointPipeline
             using OutputStaging staging = OutputStaging.Create(
                 outputDirectory, modelDirectory, options.Overwrite,
                 message => progress?.Report(new LoftQProgress(LoftQProgressKind.Notice, 0, targets.Count, Message: message)));
+            foreach (string warning in warnings)
+            {
+                progress?.Report(new LoftQProgress(LoftQProgressKind.Notice, 0, targets.Count, Message: warning));
+            }
+
             progress?.Report(new LoftQProgress(LoftQProgressKind.Started, 0, targets.Count));
 
             var layers = new List<LayerReport>(targets.Count);
@@ -140,6 +146,7 @@ internal static class CheckpointPipeline
                     Settings = plan.DescribeSettings(),
                     Layers = layers,
                     Seconds = clock.Elapsed.TotalSeconds,
+                    Warnings = warnings,
                 };
                 AtomicFile.WriteAllText(Path.Combine(staging.Path, "loftq_report.json"), report.ToJson());
                 cancellationToken.ThrowIfCancellationRequested();
@@ -216,6 +223,14 @@ internal static class CheckpointPipeline
             throw new ArgumentException("--double-quant applies only to --format bnb-nf4.");
         }
     }
+
+    /// <summary>Tensors the targets match by name that are not 2-D: they are copied unchanged, and the user is told.</summary>
+    private static List<string> NonMatrixTargetWarnings(HuggingFaceCheckpoint checkpoint, IReadOnlyList<string>? targets) =>
+        TargetSelector.SelectNonMatrices(checkpoint, targets).Select(name =>
+        {
+            long[] shape = checkpoint.GetInfo(name).Shape;
+            return $"Tensor '{name}' matches the targets but has shape [{string.Join(", ", shape)}] ({shape.Length}-D); LoftQ initialises only 2-D weights, so it was copied unchanged.";
+        }).ToList();
 
     private static void CheckLayerCountForMixedPrecision(LoftQOptions o, ModelConfig config)
     {
