@@ -45,7 +45,9 @@ public sealed class CliSignalTests
             RedirectStandardError = true,
             UseShellExecute = false,
         };
-        foreach (string arg in new[] { cli, "quantize", TestData.Model, "--out", output, "--bits", "4", "--rank", "16", "--iters", "5", "--threads", "1" })
+        // 60 passes make each layer take a fraction of a second and the run tens of seconds: it is far from done when
+        // the signal arrives, yet a cancellation (checked between layers) is quick.
+        foreach (string arg in new[] { cli, "quantize", TestData.Model, "--out", output, "--bits", "4", "--rank", "16", "--iters", "60", "--threads", "1" })
         {
             start.ArgumentList.Add(arg);
         }
@@ -54,27 +56,35 @@ public sealed class CliSignalTests
         var stdout = new StringBuilder();
         var stderr = new StringBuilder();
         using var firstLayer = new ManualResetEventSlim();
-        process.OutputDataReceived += (_, e) =>
-        {
-            lock (stdout)
-            {
-                stdout.AppendLine(e.Data);
-            }
 
-            if (e.Data?.StartsWith("[ 1/", StringComparison.Ordinal) == true || e.Data?.StartsWith("[1/", StringComparison.Ordinal) == true)
-            {
-                firstLayer.Set();
-            }
-        };
-        process.ErrorDataReceived += (_, e) =>
+        // Dedicated threads, not thread-pool callbacks: under a loaded test run the pool can lag by seconds.
+        var readOut = new Thread(() =>
         {
-            lock (stderr)
+            while (process.StandardOutput.ReadLine() is string line)
             {
-                stderr.AppendLine(e.Data);
+                lock (stdout)
+                {
+                    stdout.AppendLine(line);
+                }
+
+                if (line.StartsWith("[ 1/", StringComparison.Ordinal) || line.StartsWith("[1/", StringComparison.Ordinal))
+                {
+                    firstLayer.Set();
+                }
             }
-        };
-        process.BeginOutputReadLine();
-        process.BeginErrorReadLine();
+        });
+        var readErr = new Thread(() =>
+        {
+            while (process.StandardError.ReadLine() is string line)
+            {
+                lock (stderr)
+                {
+                    stderr.AppendLine(line);
+                }
+            }
+        });
+        readOut.Start();
+        readErr.Start();
         bool started = firstLayer.Wait(TimeSpan.FromSeconds(120));
         if (started && !process.HasExited)
         {
@@ -82,7 +92,8 @@ public sealed class CliSignalTests
         }
 
         Assert.True(process.WaitForExit(TimeSpan.FromSeconds(120)), "the CLI did not exit");
-        process.WaitForExit(); // drain the output
+        readOut.Join();
+        readErr.Join();
         Assert.True(started, $"no progress line\n{stdout}\n{stderr}");
         return (process.ExitCode, stdout.ToString(), stderr.ToString());
     }
