@@ -373,7 +373,16 @@ internal static class CheckpointPipeline
     /// </summary>
     private static string ExplainHugeWeight(SafeTensorsFile file, SafeTensorInfo info)
     {
-        float[] w = file.ReadAsSingle(info.Name);
+        float[] w;
+        try
+        {
+            w = file.ReadAsSingle(info.Name);
+        }
+        catch (IOException)
+        {
+            return string.Empty; // the original error stands on its own
+        }
+
         if (FloatConversions.IndexOfNonFinite(w) >= 0)
         {
             return string.Empty;
