@@ -1,9 +1,10 @@
+using System.Buffers;
 using System.CommandLine;
 using System.Globalization;
 using System.Text.Json;
+using System.Text;
 using System.Text.Json.Nodes;
 using LoftQNet.IO;
-using Spectre.Console;
 
 namespace LoftQNet.Cli;
 
@@ -26,6 +27,7 @@ internal static class InspectCommand
         if (Directory.Exists(path))
         {
             using HuggingFaceCheckpoint checkpoint = HuggingFaceCheckpoint.Open(path);
+            ConfigConsistency.Validate(checkpoint);
             foreach (string shard in checkpoint.ShardFiles)
             {
                 files.Add((shard, checkpoint.TensorsInShard(shard)));
@@ -65,47 +67,125 @@ internal static class InspectCommand
         summary["bytes"] = bytes;
         summary["valid"] = true;
 
+        // The listing is streamed row by row: memory stays that of the header entries the files already hold, not
+        // a table or JSON tree of every row (a header may declare up to a million tensors).
         if (json)
         {
-            var list = new JsonArray();
-            foreach ((string shard, IReadOnlyList<SafeTensorInfo> tensors) in files)
-            {
-                foreach (SafeTensorInfo t in tensors)
-                {
-                    list.Add((JsonNode)new JsonObject
-                    {
-                        ["name"] = t.Name,
-                        ["file"] = shard,
-                        ["dtype"] = t.DType.ToString(),
-                        ["shape"] = new JsonArray(t.Shape.Select(d => (JsonNode)d).ToArray()),
-                        ["bytes"] = t.ByteLength,
-                    });
-                }
-            }
-
-            summary["listing"] = list;
-            stdout.WriteLine(summary.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+            WriteJson(stdout, summary, files);
             return ExitCodes.Ok;
         }
 
-        IAnsiConsole console = ConsoleFactory.Create(stdout, interactive: false);
-        var table = new Table().Border(TableBorder.Simple)
-            .AddColumn("tensor").AddColumn("file").AddColumn("dtype").AddColumn("shape").AddColumn(new TableColumn("bytes").RightAligned());
+        WriteTable(stdout, files);
+        foreach (KeyValuePair<string, JsonNode?> kv in summary)
+        {
+            stdout.WriteLine($"{kv.Key}: {kv.Value?.ToJsonString()}");
+        }
+
+        stdout.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{count} tensors, {elements:N0} elements, {bytes:N0} bytes in {files.Count} file(s): valid"));
+        return ExitCodes.Ok;
+    }
+
+    private static void WriteJson(TextWriter stdout, JsonObject summary, List<(string Shard, IReadOnlyList<SafeTensorInfo> Tensors)> files)
+    {
+        var buffer = new ArrayBufferWriter<byte>();
+        using var writer = new Utf8JsonWriter(buffer, new JsonWriterOptions { Indented = true });
+        writer.WriteStartObject();
+        foreach (KeyValuePair<string, JsonNode?> kv in summary)
+        {
+            writer.WritePropertyName(kv.Key);
+            if (kv.Value is null)
+            {
+                writer.WriteNullValue();
+            }
+            else
+            {
+                kv.Value.WriteTo(writer);
+            }
+        }
+
+        writer.WriteStartArray("listing");
         foreach ((string shard, IReadOnlyList<SafeTensorInfo> tensors) in files)
         {
             foreach (SafeTensorInfo t in tensors)
             {
-                table.AddRow(Markup.Escape(t.Name), Markup.Escape(shard), t.DType.ToString(), $"[[{string.Join(", ", t.Shape)}]]", t.ByteLength.ToString("N0", CultureInfo.InvariantCulture));
+                writer.WriteStartObject();
+                writer.WriteString("name", t.Name);
+                writer.WriteString("file", shard);
+                writer.WriteString("dtype", t.DType.ToString());
+                writer.WriteStartArray("shape");
+                foreach (long d in t.Shape)
+                {
+                    writer.WriteNumberValue(d);
+                }
+
+                writer.WriteEndArray();
+                writer.WriteNumber("bytes", t.ByteLength);
+                writer.WriteEndObject();
+                if (buffer.WrittenCount > 1 << 16)
+                {
+                    Flush(writer, buffer, stdout);
+                }
             }
         }
 
-        console.Write(table);
-        foreach (KeyValuePair<string, JsonNode?> kv in summary)
+        writer.WriteEndArray();
+        writer.WriteEndObject();
+        Flush(writer, buffer, stdout);
+        stdout.WriteLine();
+    }
+
+    private static void Flush(Utf8JsonWriter writer, ArrayBufferWriter<byte> buffer, TextWriter stdout)
+    {
+        writer.Flush();
+        stdout.Write(Encoding.UTF8.GetString(buffer.WrittenSpan));
+        buffer.ResetWrittenCount();
+    }
+
+    private static void WriteTable(TextWriter stdout, List<(string Shard, IReadOnlyList<SafeTensorInfo> Tensors)> files)
+    {
+        string[] headers = ["tensor", "file", "dtype", "shape", "bytes"];
+        int[] widths = headers.Select(h => h.Length).ToArray();
+        foreach ((string shard, IReadOnlyList<SafeTensorInfo> tensors) in files)
         {
-            console.WriteLine($"{kv.Key}: {kv.Value?.ToJsonString()}");
+            foreach (SafeTensorInfo t in tensors)
+            {
+                string[] row = Row(shard, t);
+                for (int c = 0; c < row.Length; c++)
+                {
+                    widths[c] = Math.Max(widths[c], row[c].Length);
+                }
+            }
         }
 
-        console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{count} tensors, {elements:N0} elements, {bytes:N0} bytes in {files.Count} file(s): valid"));
-        return ExitCodes.Ok;
+        stdout.WriteLine(Line(headers, widths));
+        stdout.WriteLine(new string('─', widths.Sum() + (2 * widths.Length) + 2));
+        foreach ((string shard, IReadOnlyList<SafeTensorInfo> tensors) in files)
+        {
+            foreach (SafeTensorInfo t in tensors)
+            {
+                stdout.WriteLine(Line(Row(shard, t), widths));
+            }
+        }
+
+        stdout.WriteLine();
+    }
+
+    private static string[] Row(string shard, SafeTensorInfo t) =>
+        [t.Name, shard, t.DType.ToString(), $"[{string.Join(", ", t.Shape)}]", t.ByteLength.ToString("N0", CultureInfo.InvariantCulture)];
+
+    private static string Line(string[] cells, int[] widths)
+    {
+        var sb = new StringBuilder("  ");
+        for (int c = 0; c < cells.Length; c++)
+        {
+            // The last column (bytes) is right-aligned, the others left-aligned.
+            sb.Append(c == cells.Length - 1 ? cells[c].PadLeft(widths[c]) : cells[c].PadRight(widths[c]));
+            if (c < cells.Length - 1)
+            {
+                sb.Append("  ");
+            }
+        }
+
+        return sb.ToString().TrimEnd();
     }
 }

@@ -1,6 +1,7 @@
 using System.Collections.Concurrent;
 using System.CommandLine;
 using System.Globalization;
+using System.Runtime.InteropServices;
 using LoftQNet.Pipeline;
 using Spectre.Console;
 
@@ -94,12 +95,24 @@ internal static class QuantizeCommand
         TextWriter lines = json ? stderr : stdout;
 
         using var cts = new CancellationTokenSource();
+        int? signalExit = null;
+        void Stop(int exitCode)
+        {
+            signalExit ??= exitCode;
+            cts.Cancel();
+        }
+
         ConsoleCancelEventHandler onCancel = (_, e) =>
         {
             e.Cancel = true;
-            cts.Cancel();
+            Stop(ExitCodes.Interrupted);
         };
         Console.CancelKeyPress += onCancel;
+
+        // SIGTERM (kill, systemd, docker stop) and SIGHUP (terminal closed) cancel the run like Ctrl+C, so the staging
+        // folder is removed before the process exits instead of being left behind.
+        using PosixSignalRegistration? term = TryRegister(PosixSignal.SIGTERM, () => Stop(ExitCodes.Terminated));
+        using PosixSignalRegistration? hup = TryRegister(PosixSignal.SIGHUP, () => Stop(ExitCodes.HungUp));
         try
         {
             var queue = new BlockingCollection<LoftQProgress>();
@@ -118,17 +131,33 @@ internal static class QuantizeCommand
 
             if (live)
             {
-                ShowLiveProgress(console, queue);
+                ShowLiveProgress(console, queue, stderr);
             }
             else
             {
                 foreach (LoftQProgress p in queue.GetConsumingEnumerable())
                 {
-                    WritePlain(lines, p);
+                    WritePlain(lines, stderr, p);
                 }
             }
 
-            LoftQReport report = run.GetAwaiter().GetResult();
+            LoftQReport report;
+            try
+            {
+                report = run.GetAwaiter().GetResult();
+            }
+            catch (OperationCanceledException) when (signalExit is int code)
+            {
+                string by = code switch
+                {
+                    ExitCodes.Terminated => "SIGTERM",
+                    ExitCodes.HungUp => "SIGHUP",
+                    _ => "Ctrl+C",
+                };
+                stderr.WriteLine($"cancelled ({by}): no output was written and the partial output was removed.");
+                return code;
+            }
+
             if (json)
             {
                 stdout.WriteLine(report.ToJson());
@@ -146,7 +175,23 @@ internal static class QuantizeCommand
         }
     }
 
-    private static void ShowLiveProgress(IAnsiConsole console, BlockingCollection<LoftQProgress> queue)
+    private static PosixSignalRegistration? TryRegister(PosixSignal signal, Action stop)
+    {
+        try
+        {
+            return PosixSignalRegistration.Create(signal, context =>
+            {
+                context.Cancel = true; // keep running until the pipeline has cleaned up, then exit with our code
+                stop();
+            });
+        }
+        catch (PlatformNotSupportedException)
+        {
+            return null;
+        }
+    }
+
+    private static void ShowLiveProgress(IAnsiConsole console, BlockingCollection<LoftQProgress> queue, TextWriter stderr)
     {
         console.Progress()
             .AutoClear(false)
@@ -173,12 +218,15 @@ internal static class QuantizeCommand
                             task.Value = task.MaxValue;
                             task.Description = "done";
                             break;
+                        case LoftQProgressKind.Notice:
+                            stderr.WriteLine($"note: {p.Message}");
+                            break;
                     }
                 }
             });
     }
 
-    private static void WritePlain(TextWriter writer, LoftQProgress p)
+    private static void WritePlain(TextWriter writer, TextWriter stderr, LoftQProgress p)
     {
         switch (p.Kind)
         {
@@ -194,6 +242,9 @@ internal static class QuantizeCommand
                 writer.WriteLine($"wrote {p.Message}");
                 break;
             case LoftQProgressKind.Completed:
+                break;
+            case LoftQProgressKind.Notice:
+                stderr.WriteLine($"note: {p.Message}");
                 break;
         }
     }

@@ -37,6 +37,13 @@ public static class LoftQ
     /// <exception cref="ArgumentException">An option is invalid (the message names it) or a target does not fit it.</exception>
     /// <exception cref="DirectoryNotFoundException">The model directory does not exist.</exception>
     /// <exception cref="IO.SafeTensorsFormatException">A safetensors file is malformed.</exception>
+    /// <exception cref="IO.CheckpointFormatException">config.json or the index is malformed or does not describe the weights.</exception>
+    /// <exception cref="IOException">
+    /// Another run is writing the same output, the output appeared or changed during the run (it is left as is), or an
+    /// input file changed while it was being read. See docs/reliability.md.
+    /// </exception>
+    /// <exception cref="OverflowException">A value does not fit the output dtype (the message names tensor and element).</exception>
+    /// <exception cref="NotFiniteNumberException">A value to be written is NaN or infinite.</exception>
     public static LoftQReport Initialize(
         string modelDirectory, string outputDirectory, LoftQOptions? options = null,
         IProgress<LoftQProgress>? progress = null, CancellationToken cancellationToken = default)

@@ -37,6 +37,28 @@ public static class BitsAndBytesNf4
     /// <summary>Whether bitsandbytes accepts <paramref name="blockSize"/> for 4-bit quantization (powers of two, 32..4096; 32 needs a recent CUDA build).</summary>
     public static bool IsSupportedBlockSize(int blockSize) => blockSize is >= 32 and <= 4096 && int.IsPow2(blockSize);
 
+    /// <summary>
+    /// bitsandbytes dequantizes to <paramref name="dtype"/> as code × absmax: an absmax beyond that dtype's range
+    /// (or not finite) would become ±∞ when the model is loaded, so it is refused here.
+    /// </summary>
+    private static void CheckScalesFit(string weightName, ReadOnlySpan<float> scales, string dtype)
+    {
+        float largest = dtype switch
+        {
+            "float16" => (float)Half.MaxValue,
+            "bfloat16" => FloatConversions.BFloat16ToSingle(0x7F7F),
+            _ => float.MaxValue,
+        };
+        for (int i = 0; i < scales.Length; i++)
+        {
+            if (!float.IsFinite(scales[i]) || Math.Abs(scales[i]) > largest)
+            {
+                throw new OverflowException(string.Create(CultureInfo.InvariantCulture,
+                    $"Tensor '{weightName}': block {i}'s absmax {scales[i]:R} does not fit {dtype} (largest finite value {largest:R}); bitsandbytes would dequantize it to infinity."));
+            }
+        }
+    }
+
     /// <summary>Creates the safetensors entries for one NF4-quantized weight.</summary>
     /// <param name="weightName">The weight key, e.g. <c>model.layers.0.mlp.up_proj.weight</c>; the other keys append to it.</param>
     /// <param name="nf4">An NF4 tensor (bitsandbytes' code book, no offsets, supported block size).</param>
@@ -54,6 +76,7 @@ public static class BitsAndBytesNf4
             throw new ArgumentException($"'{weightName}': original dtype must be bfloat16, float16 or float32, got '{originalDType}'.", nameof(originalDType));
         }
 
+        CheckScalesFit(weightName, nf4.Scales, originalDType);
         long n = nf4.ElementCount;
         var state = new List<(string Key, string Json)>
         {

@@ -5,7 +5,7 @@ namespace LoftQNet.IO;
 /// <summary>
 /// A Hugging Face model directory: <c>config.json</c> plus either one <c>model.safetensors</c> or shards listed in
 /// <c>model.safetensors.index.json</c> (<c>{"metadata": {...}, "weight_map": {tensor: shard}}</c>). Every shard is
-/// opened (memory-mapped, validated) on <see cref="Open"/>; the index must map every tensor of every shard to that
+/// opened (header validated, data read on demand) on <see cref="Open"/>; the index must map every tensor of every shard to that
 /// shard, and nothing else. Dispose to release the shards.
 /// </summary>
 public sealed class HuggingFaceCheckpoint : IDisposable
@@ -67,7 +67,9 @@ public sealed class HuggingFaceCheckpoint : IDisposable
         string dir = System.IO.Path.GetFullPath(directory);
         if (!System.IO.Directory.Exists(dir))
         {
-            throw new DirectoryNotFoundException($"Checkpoint directory '{dir}' does not exist.");
+            throw new DirectoryNotFoundException(File.Exists(dir)
+                ? $"'{dir}' is a file, not a model directory (pass the folder holding config.json and the safetensors files)."
+                : $"Checkpoint directory '{dir}' does not exist.");
         }
 
         string configPath = System.IO.Path.Combine(dir, "config.json");

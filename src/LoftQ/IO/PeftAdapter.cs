@@ -243,8 +243,12 @@ public static class PeftAdapterWriter
         AtomicFile.WriteAllText(Path.Combine(adapterDirectory, ConfigFileName), json);
     }
 
-    private static SafeTensorEntry FromMatrix(string name, Matrix m) =>
-        new(name, SafeTensorDType.F32, [m.Rows, m.Columns], MemoryMarshal.AsBytes(m.Span).ToArray());
+    private static SafeTensorEntry FromMatrix(string name, Matrix m)
+    {
+        long[] shape = [m.Rows, m.Columns];
+        SafeTensorsWriter.CheckFinite(name, shape, m.Span); // never write NaN or ±∞ into an adapter
+        return new(name, SafeTensorDType.F32, shape, MemoryMarshal.AsBytes(m.Span).ToArray());
+    }
 }
 
 /// <summary>A PEFT LoRA adapter read from disk: its config and the factors of every module, as stored.</summary>

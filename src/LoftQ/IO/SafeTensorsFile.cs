@@ -1,38 +1,52 @@
+using System.Buffers;
 using System.Buffers.Binary;
-using System.IO.MemoryMappedFiles;
+using System.Runtime.InteropServices;
 using System.Text.Json;
 using LoftQNet.Numerics;
+using Microsoft.Win32.SafeHandles;
 
 namespace LoftQNet.IO;
 
 /// <summary>
-/// A read-only, memory-mapped safetensors file. The header is read and validated strictly on
-/// <see cref="Open"/>; tensor data is paged in lazily when a tensor is read. Any number of threads may read
-/// tensors at once. Dispose to release the mapping and the file handle.
+/// A read-only safetensors file. The header is read and validated strictly on <see cref="Open"/>; tensor data is
+/// read when a tensor is asked for, with positional reads through the open handle (never through a memory map, so
+/// a file truncated by another process while it is open gives an <see cref="IOException"/>, not a crash). Any
+/// number of threads may read tensors at once. Dispose to release the file handle.
 /// </summary>
 /// <remarks>
 /// Layout: an 8-byte little-endian header length N, N bytes of UTF-8 JSON mapping each tensor name to
 /// <c>{"dtype", "shape", "data_offsets": [begin, end)}</c> (offsets relative to the data region that follows the
 /// header) plus an optional <c>"__metadata__"</c> object of strings, then the data region. Open rejects: a file
-/// shorter than 8 bytes, N larger than the rest of the file or than 100 MB, invalid UTF-8 or JSON, a header that is
+/// shorter than 8 bytes, N larger than the rest of the file or than 100 MB, a header not starting with <c>{</c>,
+/// more than <see cref="MaxTensors"/> tensors, a shape of rank above <see cref="MaxRank"/>, invalid UTF-8 or JSON, a header that is
 /// not an object, duplicate names, missing or ill-typed fields, an unknown dtype, a negative or non-integer
 /// dimension, an element count that overflows, a byte length that differs from elements × dtype size, offsets
 /// that are out of range, overlap, leave gaps or do not cover the data region exactly, and non-string metadata.
 /// </remarks>
-public sealed unsafe class SafeTensorsFile : IDisposable
+public sealed class SafeTensorsFile : IDisposable
 {
     /// <summary>The largest header accepted (100 MB), as in the reference implementation.</summary>
     public const long MaxHeaderLength = 100_000_000;
 
+    /// <summary>
+    /// The most tensors one file may declare (200,000). Real checkpoints hold at most tens of thousands per file; the
+    /// bound keeps a valid-but-hostile 100 MB header of millions of empty tensors from costing gigabytes (a file at
+    /// the limit costs about 150 MB to open and list). The reference reader bounds only the header size.
+    /// </summary>
+    public const int MaxTensors = 200_000;
+
+    /// <summary>The highest tensor rank accepted (32, numpy's historical NPY_MAXDIMS; model weights use at most 5).</summary>
+    public const int MaxRank = 32;
+
     private const string MetadataKey = "__metadata__";
+
+    private const int ReadChunk = 1 << 20;
 
     private readonly Dictionary<string, SafeTensorInfo> _byName;
     private readonly long _dataStart;
-    private MemoryMappedFile? _map;
-    private MemoryMappedViewAccessor? _view;
-    private byte* _pointer;
+    private SafeFileHandle? _handle;
 
-    private SafeTensorsFile(string path, List<SafeTensorInfo> tensors, Dictionary<string, string> metadata, long dataStart, MemoryMappedFile? map, MemoryMappedViewAccessor? view, byte* pointer)
+    private SafeTensorsFile(string path, List<SafeTensorInfo> tensors, Dictionary<string, string> metadata, long dataStart, SafeFileHandle handle)
     {
         Path = path;
         Tensors = tensors;
@@ -44,9 +58,7 @@ public sealed unsafe class SafeTensorsFile : IDisposable
         }
 
         _dataStart = dataStart;
-        _map = map;
-        _view = view;
-        _pointer = pointer;
+        _handle = handle;
     }
 
     /// <summary>The path the file was opened from.</summary>
@@ -72,53 +84,43 @@ public sealed unsafe class SafeTensorsFile : IDisposable
             throw new PlatformNotSupportedException("safetensors data is little-endian; big-endian platforms are not supported.");
         }
 
-        var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1, FileOptions.RandomAccess);
-        MemoryMappedFile? map = null;
-        MemoryMappedViewAccessor? view = null;
-        byte* pointer = null;
+        SafeFileHandle handle = File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.Read, FileOptions.RandomAccess);
         try
         {
-            long fileLength = stream.Length;
+            long fileLength = RandomAccess.GetLength(handle);
             if (fileLength < 8)
             {
-                throw new SafeTensorsFormatException($"{path}: the file has {fileLength} bytes, fewer than the 8-byte header length.");
+                throw new SafeTensorsFormatException($"{path} is not a safetensors file: it has {fileLength} bytes, fewer than the 8-byte header length.");
             }
 
             Span<byte> prefix = stackalloc byte[8];
-            stream.ReadExactly(prefix);
+            ReadExactly(handle, path, prefix, 0);
             ulong headerLength = BinaryPrimitives.ReadUInt64LittleEndian(prefix);
             if (headerLength > MaxHeaderLength)
             {
-                throw new SafeTensorsFormatException($"{path}: the header length {headerLength} exceeds the {MaxHeaderLength}-byte limit.");
+                throw new SafeTensorsFormatException($"{path} is not a safetensors file: its first 8 bytes give a header length of {headerLength}, which exceeds the {MaxHeaderLength}-byte limit.");
             }
 
             if (headerLength > (ulong)(fileLength - 8))
             {
-                throw new SafeTensorsFormatException($"{path}: the header length {headerLength} exceeds the {fileLength - 8} bytes after the length prefix.");
+                throw new SafeTensorsFormatException($"{path} is not a safetensors file (or is truncated): its first 8 bytes give a header length of {headerLength}, which exceeds the {fileLength - 8} bytes after the length prefix.");
             }
 
             var header = new byte[(int)headerLength];
-            stream.ReadExactly(header);
+            ReadExactly(handle, path, header, 8);
+            if (header.Length == 0 || header[0] != (byte)'{')
+            {
+                throw new SafeTensorsFormatException($"{path} is not a safetensors file: the header does not start with '{{' (a JSON object).");
+            }
+
             long dataStart = 8 + (long)headerLength;
             long dataLength = fileLength - dataStart;
             (List<SafeTensorInfo> tensors, Dictionary<string, string> metadata) = ParseHeader(path, header, dataLength);
-
-            map = MemoryMappedFile.CreateFromFile(stream, null, 0, MemoryMappedFileAccess.Read, HandleInheritability.None, leaveOpen: false);
-            view = map.CreateViewAccessor(0, fileLength, MemoryMappedFileAccess.Read);
-            view.SafeMemoryMappedViewHandle.AcquirePointer(ref pointer);
-            pointer += view.PointerOffset;
-            return new SafeTensorsFile(path, tensors, metadata, dataStart, map, view, pointer);
+            return new SafeTensorsFile(path, tensors, metadata, dataStart, handle);
         }
         catch
         {
-            if (pointer != null)
-            {
-                view!.SafeMemoryMappedViewHandle.ReleasePointer();
-            }
-
-            view?.Dispose();
-            map?.Dispose();
-            stream.Dispose();
+            handle.Dispose();
             throw;
         }
     }
@@ -136,25 +138,26 @@ public sealed unsafe class SafeTensorsFile : IDisposable
             : throw new KeyNotFoundException($"Tensor '{name}' is not in {Path}.");
     }
 
-    /// <summary>
-    /// The raw little-endian bytes of <paramref name="name"/>, read straight from the mapping (no copy). The span
-    /// is valid only until the file is disposed.
-    /// </summary>
+    /// <summary>A copy of the raw little-endian bytes of <paramref name="name"/>.</summary>
     /// <exception cref="KeyNotFoundException">No such tensor.</exception>
     /// <exception cref="NotSupportedException">The tensor is larger than 2 GiB; use <see cref="CopyBytes"/> in pieces instead.</exception>
+    /// <exception cref="IOException">The file was truncated since it was opened.</exception>
     public ReadOnlySpan<byte> GetBytes(string name)
     {
         SafeTensorInfo info = GetInfo(name);
-        if (info.ByteLength > int.MaxValue)
+        if (info.ByteLength > Array.MaxLength)
         {
             throw new NotSupportedException($"Tensor '{name}' in {Path} has {info.ByteLength} bytes, more than a span can hold; use CopyBytes with an offset.");
         }
 
-        return new ReadOnlySpan<byte>(Base + info.DataOffset, (int)info.ByteLength);
+        var bytes = new byte[info.ByteLength];
+        ReadData(info, 0, bytes);
+        return bytes;
     }
 
     /// <summary>Copies <paramref name="destination"/>.Length raw bytes of <paramref name="name"/> starting at byte <paramref name="offset"/>.</summary>
     /// <exception cref="ArgumentOutOfRangeException">The range lies outside the tensor.</exception>
+    /// <exception cref="IOException">The file was truncated since it was opened.</exception>
     public void CopyBytes(string name, long offset, Span<byte> destination)
     {
         SafeTensorInfo info = GetInfo(name);
@@ -163,7 +166,30 @@ public sealed unsafe class SafeTensorsFile : IDisposable
             throw new ArgumentOutOfRangeException(nameof(offset), $"Bytes [{offset}, {offset + destination.Length}) lie outside tensor '{name}' ({info.ByteLength} bytes) in {Path}.");
         }
 
-        new ReadOnlySpan<byte>(Base + info.DataOffset + offset, destination.Length).CopyTo(destination);
+        ReadData(info, offset, destination);
+    }
+
+    /// <summary>Streams the raw bytes of <paramref name="name"/> to <paramref name="consume"/> in pieces of at most 1 MiB (at least one call, empty for an empty tensor).</summary>
+    internal void CopyTo(string name, ReadOnlySpanAction<byte, object?> consume, object? state = null)
+    {
+        SafeTensorInfo info = GetInfo(name);
+        byte[] buffer = ArrayPool<byte>.Shared.Rent((int)Math.Min(ReadChunk, Math.Max(1, info.ByteLength)));
+        try
+        {
+            long done = 0;
+            do
+            {
+                int count = (int)Math.Min(buffer.Length, info.ByteLength - done);
+                ReadData(info, done, buffer.AsSpan(0, count));
+                consume(buffer.AsSpan(0, count), state);
+                done += count;
+            }
+            while (done < info.ByteLength);
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(buffer);
+        }
     }
 
     /// <summary>Reads <paramref name="name"/> (F32, F16, BF16 or F64) converted to <see cref="float"/>.</summary>
@@ -192,24 +218,47 @@ public sealed unsafe class SafeTensorsFile : IDisposable
             throw new ArgumentException($"Tensor '{name}' in {Path} has {info.ElementCount} elements, the destination {destination.Length}.", nameof(destination));
         }
 
-        byte* p = Base + info.DataOffset;
         int n = destination.Length;
         switch (info.DType)
         {
             case SafeTensorDType.F32:
-                new ReadOnlySpan<float>(p, n).CopyTo(destination);
+                ReadData(info, 0, MemoryMarshal.AsBytes(destination));
                 break;
             case SafeTensorDType.BF16:
-                FloatConversions.BFloat16ToSingle(new ReadOnlySpan<ushort>(p, n), destination);
-                break;
             case SafeTensorDType.F16:
-                FloatConversions.HalfToSingle(new ReadOnlySpan<Half>(p, n), destination);
-                break;
             case SafeTensorDType.F64:
-                var doubles = new ReadOnlySpan<double>(p, n);
-                for (int i = 0; i < n; i++)
+                int size = info.DType.ElementSize();
+                byte[] buffer = ArrayPool<byte>.Shared.Rent(ReadChunk);
+                try
                 {
-                    destination[i] = (float)doubles[i];
+                    int perChunk = ReadChunk / size;
+                    for (int start = 0; start < n; start += perChunk)
+                    {
+                        int count = Math.Min(perChunk, n - start);
+                        Span<byte> bytes = buffer.AsSpan(0, count * size);
+                        ReadData(info, (long)start * size, bytes);
+                        Span<float> target = destination.Slice(start, count);
+                        if (info.DType == SafeTensorDType.BF16)
+                        {
+                            FloatConversions.BFloat16ToSingle(MemoryMarshal.Cast<byte, ushort>(bytes), target);
+                        }
+                        else if (info.DType == SafeTensorDType.F16)
+                        {
+                            FloatConversions.HalfToSingle(MemoryMarshal.Cast<byte, Half>(bytes), target);
+                        }
+                        else
+                        {
+                            ReadOnlySpan<double> doubles = MemoryMarshal.Cast<byte, double>(bytes);
+                            for (int i = 0; i < count; i++)
+                            {
+                                target[i] = (float)doubles[i];
+                            }
+                        }
+                    }
+                }
+                finally
+                {
+                    ArrayPool<byte>.Shared.Return(buffer);
                 }
 
                 break;
@@ -218,31 +267,54 @@ public sealed unsafe class SafeTensorsFile : IDisposable
         }
     }
 
-    /// <summary>Releases the mapping and the file handle. Spans obtained from <see cref="GetBytes"/> become invalid.</summary>
+    /// <summary>Releases the file handle.</summary>
     public void Dispose()
     {
-        if (_view is not null)
-        {
-            _view.SafeMemoryMappedViewHandle.ReleasePointer();
-            _view.Dispose();
-            _view = null;
-        }
-
-        _map?.Dispose();
-        _map = null;
-        _pointer = null;
+        _handle?.Dispose();
+        _handle = null;
     }
 
     /// <inheritdoc/>
     public override string ToString() => $"{Path} ({Tensors.Count} tensors)";
 
-    private byte* Base
+    /// <summary>Reads bytes [<paramref name="offset"/>, +destination.Length) of a tensor's data.</summary>
+    private void ReadData(SafeTensorInfo info, long offset, Span<byte> destination)
     {
-        get
+        SafeFileHandle handle = _handle ?? throw new ObjectDisposedException(nameof(SafeTensorsFile), $"{Path} is closed.");
+        long position = _dataStart + info.DataOffset + offset;
+        int read = ReadFully(handle, destination, position);
+        if (read < destination.Length)
         {
-            ObjectDisposedException.ThrowIf(_pointer == null, this);
-            return _pointer + _dataStart;
+            long length = RandomAccess.GetLength(handle);
+            throw new IOException(
+                $"{Path} changed while it was being read: tensor '{info.Name}' needs bytes [{_dataStart + info.DataOffset}, {_dataStart + info.DataOffset + info.ByteLength}) " +
+                $"of the file, but the file now has {length} bytes. Another program truncated or rewrote it; do not modify a model while it is being read.");
         }
+    }
+
+    private static void ReadExactly(SafeFileHandle handle, string path, Span<byte> destination, long position)
+    {
+        if (ReadFully(handle, destination, position) < destination.Length)
+        {
+            throw new SafeTensorsFormatException($"{path}: the file ended while its header was being read.");
+        }
+    }
+
+    private static int ReadFully(SafeFileHandle handle, Span<byte> destination, long position)
+    {
+        int total = 0;
+        while (total < destination.Length)
+        {
+            int n = RandomAccess.Read(handle, destination[total..], position + total);
+            if (n == 0)
+            {
+                break;
+            }
+
+            total += n;
+        }
+
+        return total;
     }
 
     /// <summary>Parses and validates a header against a data region of <paramref name="dataLength"/> bytes.</summary>
@@ -252,6 +324,8 @@ public sealed unsafe class SafeTensorsFile : IDisposable
         {
             throw new SafeTensorsFormatException($"{path}: the header is not valid UTF-8.");
         }
+
+        CountEntries(path, header.Span);
 
         JsonDocument document;
         try
@@ -326,6 +400,31 @@ public sealed unsafe class SafeTensorsFile : IDisposable
         }
     }
 
+    /// <summary>
+    /// A streaming pass (no allocation) over the header's top level that rejects more than <see cref="MaxTensors"/>
+    /// entries before any per-tensor object is built; grammar errors are left to the full parse.
+    /// </summary>
+    private static void CountEntries(string path, ReadOnlySpan<byte> header)
+    {
+        var reader = new Utf8JsonReader(header, new JsonReaderOptions { MaxDepth = 64 });
+        long entries = 0;
+        try
+        {
+            while (reader.Read())
+            {
+                if (reader.TokenType == JsonTokenType.PropertyName && reader.CurrentDepth == 1
+                    && !reader.ValueTextEquals(MetadataKey) && ++entries > MaxTensors)
+                {
+                    throw new SafeTensorsFormatException($"{path}: the header declares more than {MaxTensors:N0} tensors, the limit for one file.");
+                }
+            }
+        }
+        catch (JsonException)
+        {
+            // Reported with its position by the full parse.
+        }
+    }
+
     private static void ParseMetadata(string path, JsonElement value, Dictionary<string, string> metadata)
     {
         if (value.ValueKind != JsonValueKind.Object)
@@ -383,6 +482,10 @@ public sealed unsafe class SafeTensorsFile : IDisposable
         }
 
         int rank = shapeArray.GetArrayLength();
+        if (rank > MaxRank)
+        {
+            throw new SafeTensorsFormatException($"{path}: tensor '{name}' has a shape of rank {rank:N0}; the limit is {MaxRank}.");
+        }
         var shape = new long[rank];
         int k = 0;
         foreach (JsonElement d in shapeArray.EnumerateArray())

@@ -33,8 +33,13 @@ public sealed record SafeTensorEntry(string Name, SafeTensorDType DType, long[] 
     /// <summary>The name, dtype and shape without the data.</summary>
     public SafeTensorDescriptor Descriptor => new(Name, DType, Shape);
 
-    /// <summary>Creates an entry by converting <paramref name="values"/> to <paramref name="dtype"/> (F32, F16 or BF16, round to nearest even).</summary>
+    /// <summary>
+    /// Creates an entry by converting <paramref name="values"/> to <paramref name="dtype"/> (F32, F16 or BF16, round
+    /// to nearest even). Every value must be finite and fit the dtype: nothing is silently written as ±∞ or NaN.
+    /// </summary>
     /// <exception cref="ArgumentException">The value count does not match the shape, or the dtype is not F32/F16/BF16.</exception>
+    /// <exception cref="OverflowException">A finite value is too large for <paramref name="dtype"/> (the message names the tensor, the element and the value).</exception>
+    /// <exception cref="NotFiniteNumberException">A value is NaN or ±∞ (the message names the tensor and the element).</exception>
     public static SafeTensorEntry FromSingle(string name, long[] shape, ReadOnlySpan<float> values, SafeTensorDType dtype = SafeTensorDType.F32)
     {
         ArgumentNullException.ThrowIfNull(name);
@@ -46,7 +51,7 @@ public sealed record SafeTensorEntry(string Name, SafeTensorDType DType, long[] 
         }
 
         var bytes = new byte[checked(n * SafeTensorsWriter.FloatTargetSize(name, dtype))];
-        SafeTensorsWriter.ConvertSingle(values, dtype, bytes);
+        SafeTensorsWriter.ConvertSingle(name, shape, 0, values, dtype, bytes);
         return new SafeTensorEntry(name, dtype, (long[])shape.Clone(), bytes);
     }
 
@@ -217,8 +222,23 @@ public sealed class SafeTensorsWriter : IDisposable
         }
     }
 
+    /// <summary>Copies tensor <paramref name="name"/> of <paramref name="source"/> byte for byte as the whole next tensor (streamed, 1 MiB at a time).</summary>
+    internal void WriteTensorFrom(SafeTensorsFile source, string name)
+    {
+        SafeTensorDescriptor next = ExpectStart(name);
+        long length = source.GetInfo(name).ByteLength;
+        if (length != _lengths[_current])
+        {
+            throw new ArgumentException($"Tensor '{name}' ({next.DType.ToHeaderString()}, shape [{string.Join(", ", next.Shape)}]) needs {_lengths[_current]} bytes, the source has {length}.", nameof(name));
+        }
+
+        source.CopyTo(name, static (chunk, writer) => ((SafeTensorsWriter)writer!).WriteChunk(chunk), this);
+    }
+
     /// <summary>Converts <paramref name="values"/> to the declared dtype (F32, F16 or BF16) and writes them as the whole next tensor <paramref name="name"/>.</summary>
     /// <exception cref="ArgumentException">The count differs from the element count, or the declared dtype is not F32/F16/BF16.</exception>
+    /// <exception cref="OverflowException">A finite value is too large for the dtype.</exception>
+    /// <exception cref="NotFiniteNumberException">A value is NaN or ±∞.</exception>
     public void WriteSingle(string name, ReadOnlySpan<float> values)
     {
         SafeTensorDescriptor next = ExpectStart(name);
@@ -240,7 +260,7 @@ public sealed class SafeTensorsWriter : IDisposable
             {
                 int count = Math.Min(ConvertChunk, values.Length - start);
                 Span<byte> bytes = buffer.AsSpan(0, count * size);
-                ConvertSingle(values.Slice(start, count), next.DType, bytes);
+                ConvertSingle(name, next.Shape, start, values.Slice(start, count), next.DType, bytes);
                 WriteChunk(bytes);
             }
         }
@@ -323,22 +343,76 @@ public sealed class SafeTensorsWriter : IDisposable
         _ => throw new ArgumentException($"Tensor '{name}': float values convert to F32, F16 or BF16, not {dtype.ToHeaderString()}.", nameof(dtype)),
     };
 
-    internal static void ConvertSingle(ReadOnlySpan<float> values, SafeTensorDType dtype, Span<byte> destination)
+    /// <summary>
+    /// Converts <paramref name="values"/> (elements <paramref name="offset"/>.. of tensor <paramref name="name"/>) to
+    /// <paramref name="dtype"/>, refusing NaN, ±∞ and finite values that round to ±∞ in the narrower type.
+    /// </summary>
+    internal static void ConvertSingle(string name, long[] shape, long offset, ReadOnlySpan<float> values, SafeTensorDType dtype, Span<byte> destination)
     {
+        int bad = FloatConversions.IndexOfNonFinite(values);
+        if (bad >= 0)
+        {
+            throw NotFinite(name, shape, offset + bad, values[bad], dtype);
+        }
+
         switch (dtype)
         {
             case SafeTensorDType.F32:
                 MemoryMarshal.AsBytes(values).CopyTo(destination);
                 break;
             case SafeTensorDType.BF16:
-                FloatConversions.SingleToBFloat16(values, MemoryMarshal.Cast<byte, ushort>(destination));
+                Span<ushort> bf16 = MemoryMarshal.Cast<byte, ushort>(destination);
+                FloatConversions.SingleToBFloat16(values, bf16);
+                bad = FloatConversions.IndexOfNonFiniteBFloat16(bf16[..values.Length]);
                 break;
             case SafeTensorDType.F16:
-                FloatConversions.SingleToHalf(values, MemoryMarshal.Cast<byte, Half>(destination));
+                Span<Half> f16 = MemoryMarshal.Cast<byte, Half>(destination);
+                FloatConversions.SingleToHalf(values, f16);
+                bad = FloatConversions.IndexOfNonFinite(f16[..values.Length]);
                 break;
             default:
                 throw new ArgumentException($"Float values convert to F32, F16 or BF16, not {dtype.ToHeaderString()}.", nameof(dtype));
         }
+
+        if (bad >= 0)
+        {
+            float largest = dtype == SafeTensorDType.F16 ? (float)Half.MaxValue : FloatConversions.BFloat16ToSingle(0x7F7F);
+            throw new OverflowException(string.Create(System.Globalization.CultureInfo.InvariantCulture,
+                $"Tensor '{name}': element {offset + bad}{IndexText(offset + bad, shape)} = {values[bad]:R} does not fit {dtype.ToHeaderString()} (largest finite value ±{largest:R}); it would be written as infinity."));
+        }
+    }
+
+    /// <summary>Throws if <paramref name="values"/> holds NaN or ±∞ (for tensors written as raw F32 bytes).</summary>
+    /// <exception cref="NotFiniteNumberException">A value is NaN or ±∞.</exception>
+    internal static void CheckFinite(string name, long[] shape, ReadOnlySpan<float> values)
+    {
+        int bad = FloatConversions.IndexOfNonFinite(values);
+        if (bad >= 0)
+        {
+            throw NotFinite(name, shape, bad, values[bad], SafeTensorDType.F32);
+        }
+    }
+
+    private static NotFiniteNumberException NotFinite(string name, long[] shape, long index, float value, SafeTensorDType dtype) =>
+        new(string.Create(System.Globalization.CultureInfo.InvariantCulture,
+            $"Tensor '{name}': element {index}{IndexText(index, shape)} is {value}; refusing to write a non-finite value to {dtype.ToHeaderString()}."), value);
+
+    /// <summary>" [i, j, …]" for a flat row-major index, or "" for a scalar or one-dimensional tensor.</summary>
+    private static string IndexText(long flat, long[] shape)
+    {
+        if (shape.Length < 2 || Array.IndexOf(shape, 0L) >= 0)
+        {
+            return string.Empty;
+        }
+
+        var index = new long[shape.Length];
+        for (int d = shape.Length - 1; d >= 0; d--)
+        {
+            index[d] = flat % shape[d];
+            flat /= shape[d];
+        }
+
+        return $" [{string.Join(", ", index)}]";
     }
 
     private FileStream Stream => _stream ?? throw new ObjectDisposedException(nameof(SafeTensorsWriter), $"The writer for {_path} is closed.");

@@ -46,6 +46,20 @@ public static class TargetSelector
         return selected;
     }
 
+    /// <summary>
+    /// The <c>.weight</c> tensors that <paramref name="targets"/> would select by name but that are not two-dimensional
+    /// (so LoftQ cannot initialise them and <see cref="Select(HuggingFaceCheckpoint, IReadOnlyList{string}?)"/> leaves them out).
+    /// </summary>
+    internal static IReadOnlyList<string> SelectNonMatrices(HuggingFaceCheckpoint checkpoint, IReadOnlyList<string>? targets)
+    {
+        ArgumentNullException.ThrowIfNull(checkpoint);
+        IReadOnlyList<string> list = targets is { Count: > 0 } ? targets : checkpoint.Config.DefaultTargetModules;
+        IEnumerable<string> modules = checkpoint.TensorNames
+            .Where(n => n.EndsWith(".weight", StringComparison.Ordinal) && checkpoint.GetInfo(n).Rank != 2)
+            .Select(n => n[..^".weight".Length]);
+        return Select(modules, list).Select(m => m + ".weight").ToList();
+    }
+
     /// <summary>The module paths among <paramref name="modulePaths"/> that <paramref name="targets"/> select (same rules, input order, no error when empty).</summary>
     /// <exception cref="ArgumentException">An entry is empty or an invalid regular expression.</exception>
     public static IReadOnlyList<string> Select(IEnumerable<string> modulePaths, IReadOnlyList<string> targets)

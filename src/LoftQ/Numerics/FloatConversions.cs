@@ -176,6 +176,47 @@ public static class FloatConversions
         return Vector128.ConditionalSelect(nan, (bits >> 16) | Vector128.Create(0x0040u), rounded);
     }
 
+    /// <summary>Index of the first NaN or infinity in <paramref name="values"/>, or -1.</summary>
+    internal static int IndexOfNonFinite(ReadOnlySpan<float> values) =>
+        IndexOfAllOnesExponent(MemoryMarshal.Cast<float, uint>(values), 0x7F80_0000u);
+
+    /// <summary>Index of the first NaN or infinity among IEEE binary16 values, or -1.</summary>
+    internal static int IndexOfNonFinite(ReadOnlySpan<Half> values) =>
+        IndexOfAllOnesExponent(MemoryMarshal.Cast<Half, ushort>(values), (ushort)0x7C00);
+
+    /// <summary>Index of the first NaN or infinity among bfloat16 bit patterns, or -1.</summary>
+    internal static int IndexOfNonFiniteBFloat16(ReadOnlySpan<ushort> bits) => IndexOfAllOnesExponent(bits, (ushort)0x7F80);
+
+    /// <summary>Index of the first element whose exponent field (<paramref name="exponentMask"/>) is all ones: NaN or ±∞.</summary>
+    private static int IndexOfAllOnesExponent<T>(ReadOnlySpan<T> bits, T exponentMask)
+        where T : unmanaged, System.Numerics.IBinaryInteger<T>
+    {
+        int i = 0;
+        if (System.Numerics.Vector.IsHardwareAccelerated && bits.Length >= System.Numerics.Vector<T>.Count)
+        {
+            var mask = new System.Numerics.Vector<T>(exponentMask);
+            ref T start = ref MemoryMarshal.GetReference(bits);
+            for (; i <= bits.Length - System.Numerics.Vector<T>.Count; i += System.Numerics.Vector<T>.Count)
+            {
+                var v = System.Numerics.Vector.LoadUnsafe(ref start, (nuint)i);
+                if (System.Numerics.Vector.EqualsAny(v & mask, mask))
+                {
+                    break; // the scalar loop below finds the exact element
+                }
+            }
+        }
+
+        for (; i < bits.Length; i++)
+        {
+            if ((bits[i] & exponentMask) == exponentMask)
+            {
+                return i;
+            }
+        }
+
+        return -1;
+    }
+
     private static void CheckLengths(int source, int destination, string name)
     {
         if (source != destination)

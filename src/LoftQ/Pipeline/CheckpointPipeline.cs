@@ -31,7 +31,9 @@ internal static class CheckpointPipeline
         var clock = Stopwatch.StartNew();
         if (!Directory.Exists(modelDirectory))
         {
-            throw new DirectoryNotFoundException($"Model directory '{modelDirectory}' does not exist.");
+            throw new DirectoryNotFoundException(File.Exists(modelDirectory)
+                ? $"Model directory '{modelDirectory}' is a file, not a model directory (pass the folder holding config.json and the safetensors files)."
+                : $"Model directory '{modelDirectory}' does not exist.");
         }
 
         int previousThreads = ComputeSettings.MaxThreads;
@@ -43,14 +45,24 @@ internal static class CheckpointPipeline
         try
         {
             using HuggingFaceCheckpoint checkpoint = HuggingFaceCheckpoint.Open(modelDirectory);
+            ConfigConsistency.Validate(checkpoint);
+            CheckLayerCountForMixedPrecision(options, checkpoint.Config);
             IReadOnlyList<string> targets = TargetSelector.Select(checkpoint, options.Targets);
+            List<string> warnings = NonMatrixTargetWarnings(checkpoint, options.Targets);
             var targetSet = new HashSet<string>(targets, StringComparer.Ordinal);
             bool fanInFanOut = checkpoint.Config.FanInFanOut;
             var plan = new LoftQPlan(options, checkpoint.Config.NumHiddenLayers);
             IQuantizationPolicy policy = plan.Policy;
             CheckTargets(checkpoint, targets, options, policy, fanInFanOut);
 
-            using OutputStaging staging = OutputStaging.Create(outputDirectory, modelDirectory, options.Overwrite);
+            using OutputStaging staging = OutputStaging.Create(
+                outputDirectory, modelDirectory, options.Overwrite,
+                message => progress?.Report(new LoftQProgress(LoftQProgressKind.Notice, 0, targets.Count, Message: message)));
+            foreach (string warning in warnings)
+            {
+                progress?.Report(new LoftQProgress(LoftQProgressKind.Notice, 0, targets.Count, Message: warning));
+            }
+
             progress?.Report(new LoftQProgress(LoftQProgressKind.Started, 0, targets.Count));
 
             var layers = new List<LayerReport>(targets.Count);
@@ -73,7 +85,7 @@ internal static class CheckpointPipeline
                             progress?.Report(new LoftQProgress(LoftQProgressKind.LayerCompleted, completed, targets.Count, output.Report));
                         });
 
-                    // Stream the shard: copied tensors go straight from the memory-mapped input to the output, so
+                    // Stream the shard: copied tensors go from the input to the output 1 MiB at a time, so
                     // only the new target tensors of this shard are held in memory.
                     var descriptors = new List<SafeTensorDescriptor>(file.Tensors.Count);
                     foreach (SafeTensorInfo info in file.Tensors)
@@ -103,7 +115,7 @@ internal static class CheckpointPipeline
                             }
                             else
                             {
-                                writer.WriteTensor(info.Name, file.GetBytes(info.Name));
+                                writer.WriteTensorFrom(file, info.Name);
                             }
                         }
 
@@ -134,6 +146,7 @@ internal static class CheckpointPipeline
                     Settings = plan.DescribeSettings(),
                     Layers = layers,
                     Seconds = clock.Elapsed.TotalSeconds,
+                    Warnings = warnings,
                 };
                 AtomicFile.WriteAllText(Path.Combine(staging.Path, "loftq_report.json"), report.ToJson());
                 cancellationToken.ThrowIfCancellationRequested();
@@ -208,6 +221,23 @@ internal static class CheckpointPipeline
         if (o.DoubleQuant && o.Format != OutputFormat.BitsAndBytesNf4)
         {
             throw new ArgumentException("--double-quant applies only to --format bnb-nf4.");
+        }
+    }
+
+    /// <summary>Tensors the targets match by name that are not 2-D: they are copied unchanged, and the user is told.</summary>
+    private static List<string> NonMatrixTargetWarnings(HuggingFaceCheckpoint checkpoint, IReadOnlyList<string>? targets) =>
+        TargetSelector.SelectNonMatrices(checkpoint, targets).Select(name =>
+        {
+            long[] shape = checkpoint.GetInfo(name).Shape;
+            return $"Tensor '{name}' matches the targets but has shape [{string.Join(", ", shape)}] ({shape.Length}-D); LoftQ initialises only 2-D weights, so it was copied unchanged.";
+        }).ToList();
+
+    private static void CheckLayerCountForMixedPrecision(LoftQOptions o, ModelConfig config)
+    {
+        if (o.Policy is null && o.Bits != Math.Floor(o.Bits) && config.NumHiddenLayers < 1)
+        {
+            throw new ArgumentException(string.Create(CultureInfo.InvariantCulture,
+                $"--bits {o.Bits} (mixed precision) gives the first decoder layers 4 bits and the rest 2, but {config.Source} says num_hidden_layers is {config.NumHiddenLayers}; fix the config or use whole --bits."));
         }
     }
 
@@ -311,7 +341,17 @@ internal static class CheckpointPipeline
             catch (ArgumentException e)
             {
                 // E.g. a NaN weight: say which tensor of which file, not only which element.
-                throw new ArgumentException($"Tensor '{targets[i].Name}' in '{file.Path}': {e.Message}", e);
+                throw new ArgumentException($"Tensor '{targets[i].Name}' in '{file.Path}': {ExplainHugeWeight(file, targets[i])}{e.Message}", e);
+            }
+            catch (OverflowException e)
+            {
+                throw new OverflowException(
+                    $"{e.Message} The input '{file.Path}' stores this weight as {targets[i].DType.ToHeaderString()}; LoftQ's Q quantizes W - B·A, " +
+                    "whose range can exceed W's own. With --iters 1 (Q = q(W)) it cannot; or convert the checkpoint to a wider dtype.", e);
+            }
+            catch (NotFiniteNumberException e)
+            {
+                throw new NotFiniteNumberException($"{ExplainHugeWeight(file, targets[i])}{e.Message} (input '{file.Path}')", e.OffendingNumber, e);
             }
 
                 outputs[targets[i].Name] = output;
@@ -325,6 +365,37 @@ internal static class CheckpointPipeline
             throw;
         }
         return new Dictionary<string, TargetOutput>(outputs, StringComparer.Ordinal);
+    }
+
+    /// <summary>
+    /// When a target fails on finite but huge values (float32 arithmetic overflowing into ±∞ or NaN), the reason to
+    /// lead the message with; empty when the weight is ordinary or itself holds NaN/∞ (the message says so already).
+    /// </summary>
+    private static string ExplainHugeWeight(SafeTensorsFile file, SafeTensorInfo info)
+    {
+        float[] w;
+        try
+        {
+            w = file.ReadAsSingle(info.Name);
+        }
+        catch (IOException)
+        {
+            return string.Empty; // the original error stands on its own
+        }
+
+        if (FloatConversions.IndexOfNonFinite(w) >= 0)
+        {
+            return string.Empty;
+        }
+
+        int at = System.Numerics.Tensors.TensorPrimitives.IndexOfMaxMagnitude(w);
+        if (at < 0 || Math.Abs(w[at]) < 1e15f)
+        {
+            return string.Empty;
+        }
+
+        return string.Create(CultureInfo.InvariantCulture,
+            $"its values are finite but reach {w[at]:R} (element {at}), so LoftQ's float32 arithmetic (residuals, products, norms) overflowed to infinity; weights this large cannot be LoftQ-initialised. Details: ");
     }
 
     private static TargetOutput ProcessTarget(SafeTensorsFile file, SafeTensorInfo info, LoftQPlan plan, bool fanInFanOut)

@@ -56,13 +56,21 @@ public static class Evaluation
         }
 
         long predictions = (long)usable * windowLength;
-        return new EvaluationResult(nats / predictions / Math.Log(2), usable, predictions, adapter is not null);
+        double bits = nats / predictions / Math.Log(2);
+        if (!double.IsFinite(bits))
+        {
+            throw new NotFiniteNumberException(
+                $"The forward pass of '{modelDirectory}' produced {bits} bits per byte: its activations overflowed float32 (the weights are finite but too large); the model cannot be scored.", bits);
+        }
+
+        return new EvaluationResult(bits, usable, predictions, adapter is not null);
     }
 
     /// <summary>Loads a LLaMA-family model, merging a PEFT LoRA adapter's (alpha/r)·B·A into its targets when given.</summary>
     internal static LlamaModel Load(string modelDirectory, string? adapterDirectory = null)
     {
         using HuggingFaceCheckpoint checkpoint = HuggingFaceCheckpoint.Open(modelDirectory);
+        ConfigConsistency.Validate(checkpoint);
         ModelConfig c = checkpoint.Config;
         if (c.ModelType is not ("llama" or "mistral" or "qwen2"))
         {
@@ -74,6 +82,7 @@ public static class Evaluation
         var model = new LlamaModel(config, name =>
         {
             float[] w = checkpoint.ReadAsSingle(name);
+            CheckFinite(w, $"Tensor '{name}' of '{modelDirectory}'");
             string module = name.EndsWith(".weight", StringComparison.Ordinal) ? name[..^7] : name;
             if (deltas.TryGetValue(module, out var d))
             {
@@ -83,12 +92,24 @@ public static class Evaluation
                     throw new ArgumentException($"Adapter for '{module}' is {outF}x{inF} but the weight has {w.LongLength} values.");
                 }
 
+                CheckFinite(d.A, $"The adapter's lora_A of '{module}' in '{adapterDirectory}'");
+                CheckFinite(d.B, $"The adapter's lora_B of '{module}' in '{adapterDirectory}'");
                 Gemm.Multiply(Transpose.No, Transpose.No, outF, inF, d.Rank, d.Scale, d.B, d.Rank, d.A, inF, 1f, w, inF);
+                CheckFinite(w, $"Tensor '{name}' with the adapter merged (Q + (alpha/r)·B·A)");
             }
 
             return w;
         });
         return model;
+    }
+
+    private static void CheckFinite(float[] values, string what)
+    {
+        int bad = FloatConversions.IndexOfNonFinite(values);
+        if (bad >= 0)
+        {
+            throw new ArgumentException($"{what} holds {values[bad]} at element {bad}; a model with NaN or infinite weights cannot be evaluated.");
+        }
     }
 
     private static Dictionary<string, (float[] A, float[] B, int Rank, float Scale)> ReadAdapter(string directory)

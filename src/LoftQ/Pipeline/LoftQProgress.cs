@@ -14,6 +14,12 @@ public enum LoftQProgressKind
 
     /// <summary>All outputs are written and in place.</summary>
     Completed,
+
+    /// <summary>
+    /// Something the user should know that does not stop the run; <see cref="LoftQProgress.Message"/> says what
+    /// (e.g. a folder left by an earlier, killed run was removed, or a folder could not be deleted).
+    /// </summary>
+    Notice,
 }
 
 /// <summary>A progress report from the checkpoint pipeline, delivered through <see cref="IProgress{T}"/>.</summary>

@@ -71,6 +71,12 @@ public sealed record LoftQReport
     /// <summary>Wall-clock seconds for the whole run, writing included.</summary>
     public required double Seconds { get; init; }
 
+    /// <summary>
+    /// Things the run did not do that the user may expect, e.g. a tensor whose name matches the targets but that is
+    /// not two-dimensional, so it was copied unchanged. Empty when there were none.
+    /// </summary>
+    public IReadOnlyList<string> Warnings { get; init; } = [];
+
     /// <summary>Serialises the report as indented JSON (snake_case keys).</summary>
     public string ToJson() => JsonSerializer.Serialize(this, ReportJsonContext.Default.LoftQReport);
 
