@@ -2,6 +2,7 @@ using System.Diagnostics;
 using LoftQNet.Numerics;
 using LoftQNet.Pipeline;
 using LoftQNet.Quantization;
+using LoftQNet.TorchSharp.Engine;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -134,8 +135,23 @@ public static class LoftQModelInitializer
         try
         {
             int done = 0;
-            foreach (List<int> batch in Batches(slots.Select(s => s.Linear.weight!.numel()).ToList()))
+            var managed = new List<int>();
+            for (int k = 0; k < slots.Count; k++)
             {
+                if (!UseTorchEngine(modelOptions.Engine, slots[k], plan))
+                {
+                    managed.Add(k);
+                    continue;
+                }
+
+                cancellationToken.ThrowIfCancellationRequested();
+                (created[k], reports[k]) = RunOnDevice(plan, slots[k].Path, slots[k].Linear, modelOptions);
+                progress?.Report(new LoftQProgress(LoftQProgressKind.LayerCompleted, ++done, slots.Count, reports[k]));
+            }
+
+            foreach (List<int> local in Batches(managed.Select(k => slots[k].Linear.weight!.numel()).ToList()))
+            {
+                List<int> batch = local.Select(i => managed[i]).ToList();
                 cancellationToken.ThrowIfCancellationRequested();
                 var inputs = new (Matrix Weight, Device Device, ScalarType DType)[batch.Count];
                 try
@@ -211,6 +227,80 @@ public static class LoftQModelInitializer
         };
         progress?.Report(new LoftQProgress(LoftQProgressKind.Completed, slots.Count, slots.Count, Message: "(in memory)"));
         return report;
+    }
+
+    /// <summary>Whether a target runs on the torch engine (on its weight's device) rather than the managed one.</summary>
+    private static bool UseTorchEngine(LoftQEngine engine, (string Path, Linear Linear, ModuleSlot Slot) slot, LoftQPlan plan)
+    {
+        if (engine == LoftQEngine.Managed)
+        {
+            return false;
+        }
+
+        bool blockwise = plan.Policy.Select(slot.Path + ".weight") is BlockwiseQuantizer;
+        if (engine == LoftQEngine.Torch)
+        {
+            return blockwise
+                ? true
+                : throw new ArgumentException($"LoftQEngine.Torch runs the built-in blockwise quantizers only; '{slot.Path}' gets the custom quantizer {plan.Policy.Select(slot.Path + ".weight").Name}. Use LoftQEngine.Managed or Auto.");
+        }
+
+        return blockwise && slot.Linear.weight!.device_type != DeviceType.CPU;
+    }
+
+    /// <summary>One target on the torch engine, on its weight's device: the same quantizer and seed as the managed path.</summary>
+    private static (LoraLinear Layer, LayerReport Report) RunOnDevice(LoftQPlan plan, string path, Linear linear, LoftQModelOptions modelOptions)
+    {
+        var clock = Stopwatch.StartNew();
+        string tensorName = path + ".weight";
+        var quantizer = (BlockwiseQuantizer)plan.Policy.Select(tensorName);
+        int seed = plan.LayerSeed(tensorName);
+        using var scope = NewDisposeScope();
+        using var noGrad = torch.no_grad();
+        using TorchBlockwiseQuantizer torchQuantizer = TorchBlockwiseQuantizer.From(quantizer);
+        ITorchLowRankSolver solver = plan.Options.Solver == SolverKind.Exact ? new TorchExactSvdSolver() : new TorchRandomizedSvdSolver(seed: seed);
+        TorchLoftQResult result;
+        try
+        {
+            result = TorchLoftQ.Run(linear.weight!.detach(), torchQuantizer, solver, plan.Options.Rank, plan.Options.Iterations, seed);
+        }
+        catch (ArgumentException e)
+        {
+            throw new ArgumentException($"Module '{path}': {e.Message}", e);
+        }
+
+        using (result)
+        {
+            Device device = linear.weight!.device;
+            long outF = result.Shape.Rows, inF = result.Shape.Columns;
+            Tensor codes = result.PackedCodes;
+            long padded = PackedWeight.PackedLength(outF * inF, quantizer.Bits);
+            if (codes.shape[0] < padded)
+            {
+                codes = torch.nn.functional.pad(codes, [0, padded - codes.shape[0]]);
+            }
+
+            var packed = new PackedWeight(
+                codes.clone(), result.Scales.clone(), result.Offsets?.clone(),
+                torch.tensor(quantizer.CodeBook.ToArray(), dtype: ScalarType.Float32).to(device), quantizer.Bits, quantizer.BlockSize, outF, inF);
+            var baseLayer = new QuantizedLinear(packed, linear.bias?.detach(), quantizer.Name);
+            ScalarType loraType = modelOptions.LoraDType ?? (linear.weight.dtype == ScalarType.Float64 ? ScalarType.Float64 : ScalarType.Float32);
+            Tensor b = result.B.mul((double)plan.Options.Rank / plan.Alpha).to(loraType);
+            var layer = new LoraLinear(baseLayer, result.A.to(loraType), b, plan.Alpha, modelOptions.Dropout);
+            var report = new LayerReport
+            {
+                Name = tensorName,
+                Shape = [(int)outF, (int)inF],
+                Quantizer = quantizer.Name,
+                Bits = quantizer.Bits,
+                QLoRAError = result.QLoRAError,
+                ErrorTrace = result.ErrorTrace.ToArray(),
+                BestPass = result.BestPass,
+                RelativeError = result.RelativeError,
+                Seconds = clock.Elapsed.TotalSeconds,
+            };
+            return (layer, report);
+        }
     }
 
     /// <summary>Sets requires_grad on every parameter: true for LoRA factors, false for everything else.</summary>

@@ -108,6 +108,41 @@ public class InitializeTests : TorchTestBase
         Assert.Contains("already has LoraLinear layers", again.Message, StringComparison.Ordinal);
     }
 
+    [Theory]
+    [InlineData(4.0, "nf")]
+    [InlineData(2.0, "nf")]
+    [InlineData(3.0, "uniform-asym")]
+    public void TheTorchEngineOnTheWeightsDeviceMatchesTheManagedEngine(double bits, string quantizer)
+    {
+        // What runs on a CUDA device, run on the CPU device: same quantizer, same seeds, a torch randomized SVD.
+        using var scope = NewDisposeScope();
+        var options = new LoftQOptions
+        {
+            Bits = bits,
+            Rank = 8,
+            Iterations = 3,
+            Targets = ["q_proj", "down_proj"],
+            Quantizer = quantizer == "nf" ? QuantizerKind.NormalFloat : QuantizerKind.UniformAsymmetric,
+        };
+        using var managedModel = new TinyModel(width: 256);
+        using var torchModel = new TinyModel(width: 256);
+        LoftQReport managed = LoftQ.Initialize(managedModel, options, modelOptions: new LoftQModelOptions { Engine = LoftQEngine.Managed });
+        LoftQReport onDevice = LoftQ.Initialize(torchModel, options, modelOptions: new LoftQModelOptions { Engine = LoftQEngine.Torch });
+        for (int i = 0; i < managed.Layers.Count; i++)
+        {
+            Assert.Equal(managed.Layers[i].Name, onDevice.Layers[i].Name);
+            Assert.Equal(managed.Layers[i].QLoRAError, onDevice.Layers[i].QLoRAError, 1e-5);
+            Assert.True(Math.Abs(onDevice.Layers[i].RelativeError / managed.Layers[i].RelativeError - 1) < 0.005, $"{managed.Layers[i].Name}: torch {onDevice.Layers[i].RelativeError} vs managed {managed.Layers[i].RelativeError}");
+        }
+
+        // The torch engine's layer reproduces its own report: W ≈ deq(Q) + B·A.
+        var lora = (LoraLinear)torchModel.named_modules().Single(m => m.name == "layers.1.down_proj").module;
+        Assert.Equal(ScalarType.Float32, lora.A.dtype);
+        Tensor x = torch.randn([4, 256], generator: new Generator(1));
+        Assert.Equal(new long[] { 4, 8 }, torchModel.forward(x).shape);
+        Assert.Equal(8, torchModel.named_parameters().Count(p => p.parameter.requires_grad));
+    }
+
     [Fact]
     public void ALinearTypedFieldGetsAClearErrorAndTheModelIsUntouched()
     {
