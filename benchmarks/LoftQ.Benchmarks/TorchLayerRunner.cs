@@ -49,26 +49,29 @@ internal static class TorchLayerRunner
         foreach ((string name, Module<Tensor, Tensor> layer) in new (string, Module<Tensor, Tensor>)[] { ("dense Linear (frozen fp32 weight)", dense), ("LoraLinear (NF4 base, r = 64)", lora) })
         {
             var times = new List<double>();
-            long held = 0;
+            long held = 0, peakRise = 0;
             for (int i = 0; i <= repeats; i++)
             {
                 using var scope = NewDisposeScope();
                 Tensor input = x.detach().requires_grad_(true);
                 long before = ResidentBytes();
+                ResetPeak();
                 var clock = Stopwatch.StartNew();
                 Tensor y = layer.forward(input);
                 long afterForward = ResidentBytes();
                 y.sum().backward();
                 clock.Stop();
+                long peak = Status("VmHWM:");
                 if (i > 0)
                 {
                     times.Add(clock.Elapsed.TotalSeconds);
                     held = Math.Max(held, afterForward - before);
+                    peakRise = Math.Max(peakRise, peak - before);
                 }
             }
 
             times.Sort();
-            Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"layer | {name} | forward+backward median {times[times.Count / 2] * 1000:F1} ms (range {times[0] * 1000:F1}-{times[^1] * 1000:F1}) | held between forward and backward {held / 1048576.0:F0} MiB"));
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"layer | {name} | forward+backward median {times[times.Count / 2] * 1000:F1} ms (range {times[0] * 1000:F1}-{times[^1] * 1000:F1}) | resident rise after forward {held / 1048576.0:F0} MiB, peak rise during the step {peakRise / 1048576.0:F0} MiB"));
         }
 
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"layer | storage | dense fp32 weight {4.0 * N * N / 1048576:F0} MiB | packed NF4 base {lora.BaseLayer.StorageBytes / 1048576.0:F1} MiB"));
@@ -137,9 +140,29 @@ internal static class TorchLayerRunner
     private static long ResidentBytes()
     {
         GC.Collect();
+        return Status("VmRSS:");
+    }
+
+    /// <summary>Resets the kernel's peak-RSS mark (VmHWM) of this process (Linux: write 5 to clear_refs).</summary>
+    private static void ResetPeak()
+    {
+        try
+        {
+            File.WriteAllText("/proc/self/clear_refs", "5");
+        }
+        catch (IOException)
+        {
+        }
+        catch (UnauthorizedAccessException)
+        {
+        }
+    }
+
+    private static long Status(string key)
+    {
         foreach (string line in File.ReadLines("/proc/self/status"))
         {
-            if (line.StartsWith("VmRSS:", StringComparison.Ordinal))
+            if (line.StartsWith(key, StringComparison.Ordinal))
             {
                 return long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], CultureInfo.InvariantCulture) * 1024;
             }

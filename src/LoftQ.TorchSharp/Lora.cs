@@ -90,6 +90,7 @@ public static class Lora
             ctx.save_data("weight", box);
             ctx.save_data("dtype", input.dtype);
             using var scope = NewDisposeScope();
+            using var noGrad = torch.no_grad(); // the function's own node is the graph: record nothing inside
             Tensor w = TorchCodec.Dequantize(box.Weight, input.dtype);
             return torch.nn.functional.linear(input, w, box.Bias?.to(input.dtype)).MoveToOuterDisposeScope();
         }
@@ -99,6 +100,7 @@ public static class Lora
             var box = (WeightBox)ctx.get_data("weight");
             var dtype = (ScalarType)ctx.get_data("dtype");
             using var scope = NewDisposeScope();
+            using var noGrad = torch.no_grad();
             Tensor w = TorchCodec.Dequantize(box.Weight, dtype);
             Tensor gradInput = gradOutput.to(dtype).matmul(w).MoveToOuterDisposeScope();
             return [gradInput, null!];

@@ -36,39 +36,63 @@ internal static class TorchCodec
         return codes.narrow(0, 0, count).MoveToOuterDisposeScope();
     }
 
-    /// <summary>The dense weight [out, in] in <paramref name="dtype"/> (computed in float32, cast once).</summary>
+    /// <summary>
+    /// The dense weight [out, in] in <paramref name="dtype"/>, computed in float32 and cast once. Widths that divide 8
+    /// gather code-book values straight from the packed bytes (a [256, 8/bits] value table), so the only full-size
+    /// temporaries are the int32 byte indices and the result itself; scaling is in place.
+    /// </summary>
     public static Tensor Dequantize(in PackedWeight w, ScalarType dtype)
     {
         using var scope = NewDisposeScope();
+        using var noGrad = torch.no_grad();
         long n = w.ElementCount;
         long blocks = w.Scales.shape[0];
         long padded = blocks * w.BlockSize;
-        Tensor codes = Unpack(w.Codes, w.Bits, n);
-        Tensor values = w.CodeBook.index_select(0, codes);
-        if (padded != n)
+        Tensor values;
+        if (w.Bits == 8)
         {
-            values = torch.nn.functional.pad(values, [0, padded - n]);
+            values = w.CodeBook.index_select(0, w.Codes.to(ScalarType.Int32));
+        }
+        else if (8 % w.Bits == 0)
+        {
+            Tensor table = w.CodeBook.index_select(0, ByteTable(w.Bits, w.Codes.device).view(-1)).view(256, 8 / w.Bits);
+            values = table.index_select(0, w.Codes.to(ScalarType.Int32)).view(-1);
+        }
+        else
+        {
+            values = w.CodeBook.index_select(0, Unpack(w.Codes, w.Bits, n));
         }
 
-        values = values.view(blocks, w.BlockSize).mul(w.Scales.unsqueeze(1));
+        long m = values.shape[0];
+        if (m > padded)
+        {
+            values = values.narrow(0, 0, padded);
+        }
+        else if (m < padded)
+        {
+            values = torch.nn.functional.pad(values, [0, padded - m]);
+        }
+
+        Tensor blocked = values.view(blocks, w.BlockSize);
+        blocked.mul_(w.Scales.unsqueeze(1));
         if (w.Offsets is not null)
         {
-            values = values.add(w.Offsets.unsqueeze(1));
+            blocked.add_(w.Offsets.unsqueeze(1));
         }
 
-        values = values.view(-1);
+        Tensor flat = blocked.view(-1);
         if (padded != n)
         {
-            values = values.narrow(0, 0, n);
+            flat = flat.narrow(0, 0, n);
         }
 
-        Tensor result = values.reshape(w.OutFeatures, w.InFeatures);
+        Tensor result = flat.view(w.OutFeatures, w.InFeatures);
         if (result.dtype != dtype)
         {
             result = result.to(dtype);
         }
 
-        return result.contiguous().MoveToOuterDisposeScope();
+        return result.MoveToOuterDisposeScope();
     }
 
     private static readonly Dictionary<(int Bits, string Device), Tensor> s_tables = new();
