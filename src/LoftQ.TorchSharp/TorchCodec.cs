@@ -1,3 +1,4 @@
+using LoftQNet.TorchSharp.Engine;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -6,36 +7,6 @@ namespace LoftQNet.TorchSharp;
 /// <summary>Torch-side unpacking and dequantization of <see cref="PackedWeight"/> (any device).</summary>
 internal static class TorchCodec
 {
-    /// <summary>
-    /// The codes as int32 [n] (n = <paramref name="count"/>). Widths that divide 8 use a 256-entry byte → codes table
-    /// (one gather); other widths combine each 8-code group of <paramref name="bits"/> bytes into an int64 word and shift.
-    /// </summary>
-    public static Tensor Unpack(Tensor packed, int bits, long count)
-    {
-        using var scope = NewDisposeScope();
-        Tensor codes;
-        if (bits == 8)
-        {
-            codes = packed.to(ScalarType.Int32);
-        }
-        else if (8 % bits == 0)
-        {
-            int perByte = 8 / bits;
-            Tensor table = ByteTable(bits, packed.device);
-            codes = table.index_select(0, packed.to(ScalarType.Int32)).reshape(-1);
-        }
-        else
-        {
-            Tensor groups = packed.to(ScalarType.Int64).reshape(-1, bits);
-            Tensor byteShifts = torch.arange((bits - 1) * 8, -1, -8, dtype: ScalarType.Int64, device: packed.device);
-            Tensor words = groups.bitwise_left_shift(byteShifts).sum(1, keepdim: true, type: ScalarType.Int64);
-            Tensor codeShifts = torch.arange(7 * bits, -1, -bits, dtype: ScalarType.Int64, device: packed.device);
-            codes = words.bitwise_right_shift(codeShifts).bitwise_and((1L << bits) - 1).reshape(-1).to(ScalarType.Int32);
-        }
-
-        return codes.narrow(0, 0, count).MoveToOuterDisposeScope();
-    }
-
     /// <summary>
     /// The dense weight [out, in] in <paramref name="dtype"/>, computed in float32 and cast once. Widths that divide 8
     /// gather code-book values straight from the packed bytes (a [256, 8/bits] value table), so the only full-size
@@ -60,7 +31,9 @@ internal static class TorchCodec
         }
         else
         {
-            values = w.CodeBook.index_select(0, Unpack(w.Codes, w.Bits, n));
+            // 3, 5, 6, 7 bits: codes straddle bytes; the engine's unpacker reads the stream without the group padding.
+            Tensor stream = w.Codes.narrow(0, 0, ((n * w.Bits) + 7) / 8);
+            values = w.CodeBook.index_select(0, TorchBlockwiseQuantizer.Unpack(stream, w.Bits, n).to(ScalarType.Int32));
         }
 
         long m = values.shape[0];
