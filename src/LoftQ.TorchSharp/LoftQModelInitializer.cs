@@ -63,8 +63,8 @@ public static class LoftQModelInitializer
         /// <param name="modelOptions">TorchSharp-specific settings (engine, LoRA dropout and dtype, default targets).</param>
         /// <param name="cancellationToken">Cancels the run; the model is left unchanged.</param>
         /// <returns>The per-layer report (<see cref="LoftQReport.Output"/> is <c>(in memory)</c>).</returns>
-        /// <exception cref="ArgumentException">An option is invalid, no module matches the targets, or a weight holds NaN or infinity (the message names the module).</exception>
-        /// <exception cref="InvalidOperationException">A target is held where a <see cref="LoraLinear"/> cannot go (the message names the field and the fix), or is already a LoRA layer.</exception>
+        /// <exception cref="ArgumentException">An option is invalid, no <c>Linear</c> matches the targets (for instance because the model was already initialised: LoRA layers are not candidates), or a weight holds NaN or infinity (the message names the module).</exception>
+        /// <exception cref="InvalidOperationException">A target is held where a <see cref="LoraLinear"/> cannot go (the message names the field and the fix).</exception>
         public static LoftQReport Initialize(
             Module model, LoftQOptions? options = null, IProgress<LoftQProgress>? progress = null,
             LoftQModelOptions? modelOptions = null, CancellationToken cancellationToken = default) =>
