@@ -197,10 +197,12 @@ public sealed class HuggingFaceCheckpoint : IDisposable
 
     private static (Dictionary<string, string> WeightMap, Dictionary<string, string> Metadata) ReadIndex(string path)
     {
+        byte[] bytes = File.ReadAllBytes(path);
+        JsonInputCheck.Check(bytes, path, static message => new CheckpointFormatException(message));
         JsonDocument doc;
         try
         {
-            doc = JsonDocument.Parse(File.ReadAllBytes(path));
+            doc = JsonDocument.Parse(bytes);
         }
         catch (JsonException ex)
         {

@@ -34,7 +34,9 @@ public sealed class ModelConfig
         NumAttentionHeads = RequireInt(raw, source, gpt2Style ? "n_head" : "num_attention_heads");
         VocabSize = RequireInt(raw, source, "vocab_size");
         IntermediateSize = gpt2Style
-            ? OptionalInt(raw, source, "n_inner") ?? (4 * HiddenSize)
+            ? OptionalInt(raw, source, "n_inner") ?? (HiddenSize <= int.MaxValue / 4
+                ? 4 * HiddenSize
+                : throw new CheckpointFormatException($"{source}: 'n_embd' is {HiddenSize}, too large for the default 'n_inner' (4 × n_embd) to fit in an int."))
             : RequireInt(raw, source, "intermediate_size");
         NumKeyValueHeads = OptionalInt(raw, source, "num_key_value_heads") ?? NumAttentionHeads;
         HeadDim = OptionalInt(raw, source, "head_dim") ?? (NumAttentionHeads > 0 ? HiddenSize / NumAttentionHeads : 0);
@@ -117,14 +119,16 @@ public sealed class ModelConfig
     }
 
     /// <summary>Parses config JSON text; <paramref name="source"/> names it in errors.</summary>
-    /// <exception cref="CheckpointFormatException">Bad JSON, or a required key is missing or ill-typed.</exception>
+    /// <exception cref="CheckpointFormatException">Bad JSON (including a key named twice in one object or an unpaired surrogate escape), or a required key is missing or ill-typed.</exception>
     public static ModelConfig Parse(string json, string source = "config.json")
     {
         ArgumentNullException.ThrowIfNull(json);
+        byte[] utf8 = System.Text.Encoding.UTF8.GetBytes(json);
+        JsonInputCheck.Check(utf8, source, static message => new CheckpointFormatException(message));
         JsonNode? node;
         try
         {
-            node = JsonNode.Parse(json);
+            node = JsonNode.Parse(utf8);
         }
         catch (JsonException ex)
         {

@@ -412,6 +412,18 @@ public sealed class SafeTensorsFile : IDisposable
         {
             while (reader.Read())
             {
+                if (reader.TokenType is JsonTokenType.PropertyName or JsonTokenType.String && reader.ValueIsEscaped)
+                {
+                    try
+                    {
+                        _ = reader.GetString();
+                    }
+                    catch (InvalidOperationException)
+                    {
+                        throw new SafeTensorsFormatException($"{path}: the header holds a name or string with an escaped unpaired surrogate (such as \\ud800), which is not valid Unicode.");
+                    }
+                }
+
                 if (reader.TokenType == JsonTokenType.PropertyName && reader.CurrentDepth == 1
                     && !reader.ValueTextEquals(MetadataKey) && ++entries > MaxTensors)
                 {
