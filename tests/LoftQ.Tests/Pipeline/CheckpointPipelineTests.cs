@@ -241,7 +241,7 @@ public sealed class CheckpointPipelineTests(FixtureRuns runs) : IClassFixture<Fi
         File.WriteAllText(Path.Combine(output, "keep.txt"), "x");
         var options = new LoftQOptions { Bits = 2, Rank = 4, Iterations = 1, Targets = ["q_proj"] };
         ArgumentException e = Assert.Throws<ArgumentException>(() => LoftQ.Initialize(TestData.Model, output, options));
-        Assert.Contains("--overwrite", e.Message, StringComparison.Ordinal);
+        Assert.Contains("LoftQOptions.Overwrite", e.Message, StringComparison.Ordinal);
         Assert.True(File.Exists(Path.Combine(output, "keep.txt")));
         LoftQ.Initialize(TestData.Model, output, options with { Overwrite = true });
         Assert.False(File.Exists(Path.Combine(output, "keep.txt")));
