@@ -1,4 +1,5 @@
 using System.CommandLine;
+using System.CommandLine.Help;
 using LoftQNet.Pipeline;
 
 namespace LoftQNet.Cli;
@@ -9,7 +10,7 @@ internal static class CliApp
     /// <summary>Runs <paramref name="args"/>; <paramref name="interactive"/> null means detect from the console.</summary>
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr, bool? interactive)
     {
-        RootCommand root = Build(stdout, stderr, interactive);
+        Command root = Build(stdout, stderr, interactive);
         ParseResult parse = root.Parse(args);
         if (parse.Errors.Count > 0)
         {
@@ -25,9 +26,15 @@ internal static class CliApp
         return parse.Invoke(new InvocationConfiguration { Output = stdout, Error = stderr, EnableDefaultExceptionHandler = false });
     }
 
-    private static RootCommand Build(TextWriter stdout, TextWriter stderr, bool? interactive)
+    internal static Command Build(TextWriter stdout, TextWriter stderr, bool? interactive)
     {
-        var root = new RootCommand("LoftQ.NET: LoRA-fine-tuning-aware quantization (LoftQ) of Hugging Face checkpoints.");
+        // RootCommand names itself after the running executable (LoftQ.Cli under dotnet run, testhost in tests); its
+        // users type loftq, so the root is a command named loftq with the options RootCommand would add.
+        var root = new Command("loftq", "LoftQ.NET: LoRA-fine-tuning-aware quantization (LoftQ) of Hugging Face checkpoints.")
+        {
+            new HelpOption(),
+            new VersionOption(),
+        };
         root.Subcommands.Add(QuantizeCommand.Create(stdout, stderr, interactive));
         root.Subcommands.Add(InspectCommand.Create(stdout, stderr));
         root.Subcommands.Add(EvalCommand.Create(stdout, stderr));
@@ -55,12 +62,12 @@ internal static class CliApp
         }
         catch (Exception e) when (ExitCodes.IsBadInput(e))
         {
-            stderr.WriteLine($"error: {e.Message}");
+            stderr.WriteLine($"error: {CliMessages.Describe(e)}");
             return ExitCodes.BadInput;
         }
         catch (Exception e)
         {
-            stderr.WriteLine($"failed: {e.GetType().Name}: {e.Message}");
+            stderr.WriteLine($"failed: {e.GetType().Name}: {CliMessages.Describe(e)}");
             return ExitCodes.Failure;
         }
     }

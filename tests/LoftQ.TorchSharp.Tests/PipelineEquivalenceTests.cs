@@ -47,7 +47,7 @@ public class PipelineEquivalenceTests : TorchTestBase
             Assert.Equal(expected.BestPass, actual.BestPass);
         }
 
-        Assert.Equal(fileReport.Settings.Where(kv => kv.Key != "threads"), modelReport.Settings.Where(kv => kv.Key != "threads"));
+        Assert.Equal(fileReport.Settings with { Threads = 0 }, modelReport.Settings with { Threads = 0 });
 
         // The adapter the pipeline wrote and the factors in the model: the same floats.
         using PeftAdapter adapter = PeftAdapterReader.Read(Path.Combine(outDir, "loftq_init"));

@@ -173,27 +173,27 @@ internal static class CheckpointPipeline
     {
         if (o.Rank < 1)
         {
-            throw new ArgumentException($"--rank must be at least 1, got {o.Rank}.");
+            throw new ArgumentException($"LoftQOptions.Rank must be at least 1, got {o.Rank}.");
         }
 
         if (o.Iterations < 0)
         {
-            throw new ArgumentException($"--iters must be 0 (QLoRA) or more, got {o.Iterations}.");
+            throw new ArgumentException($"LoftQOptions.Iterations must be 0 (QLoRA) or more, got {o.Iterations}.");
         }
 
         if (o.BlockSize is < 2 or > 1 << 20)
         {
-            throw new ArgumentException($"--block-size must be in 2..1048576, got {o.BlockSize}.");
+            throw new ArgumentException($"LoftQOptions.BlockSize must be in 2..1048576, got {o.BlockSize}.");
         }
 
         if (o.Alpha is int alpha && alpha < 1)
         {
-            throw new ArgumentException($"--alpha must be a positive integer, got {alpha}.");
+            throw new ArgumentException($"LoftQOptions.Alpha must be a positive integer, got {alpha}.");
         }
 
         if (o.Threads is int t && t < 1)
         {
-            throw new ArgumentException($"--threads must be at least 1, got {t}.");
+            throw new ArgumentException($"LoftQOptions.Threads must be at least 1, got {t}.");
         }
 
         if (o.Policy is null)
@@ -201,26 +201,26 @@ internal static class CheckpointPipeline
             bool whole = o.Bits == Math.Floor(o.Bits);
             if (whole && !IsSupportedBits(o.Quantizer, (int)o.Bits))
             {
-                throw new ArgumentException($"--bits {o.Bits} is not supported by the {QuantizerFlag(o.Quantizer)} quantizer ({SupportedBitsText(o.Quantizer)}).");
+                throw new ArgumentException($"LoftQOptions.Bits = {o.Bits} is not supported by the {QuantizerFlag(o.Quantizer)} quantizer ({SupportedBitsText(o.Quantizer)}).");
             }
 
             if (!whole && !(o.Bits > 2 && o.Bits < 4))
             {
-                throw new ArgumentException($"--bits {o.Bits}: a fractional value selects LoftQ's mixed precision and must lie between 2 and 4.");
+                throw new ArgumentException($"LoftQOptions.Bits = {o.Bits}: a fractional value selects LoftQ's mixed precision and must lie between 2 and 4.");
             }
 
             foreach ((string pattern, int bits) in o.BitsPatterns ?? [])
             {
                 if (!IsSupportedBits(o.Quantizer, bits))
                 {
-                    throw new ArgumentException($"--bits-pattern '{pattern}={bits}': {bits} bits is not supported by the {QuantizerFlag(o.Quantizer)} quantizer ({SupportedBitsText(o.Quantizer)}).");
+                    throw new ArgumentException($"LoftQOptions.BitsPatterns entry ('{pattern}', {bits}): {bits} bits is not supported by the {QuantizerFlag(o.Quantizer)} quantizer ({SupportedBitsText(o.Quantizer)}).");
                 }
             }
         }
 
         if (o.DoubleQuant && o.Format != OutputFormat.BitsAndBytesNf4)
         {
-            throw new ArgumentException("--double-quant applies only to --format bnb-nf4.");
+            throw new ArgumentException("LoftQOptions.DoubleQuant applies only to LoftQOptions.Format = OutputFormat.BitsAndBytesNf4.");
         }
     }
 
@@ -237,7 +237,7 @@ internal static class CheckpointPipeline
         if (o.Policy is null && o.Bits != Math.Floor(o.Bits) && config.NumHiddenLayers < 1)
         {
             throw new ArgumentException(string.Create(CultureInfo.InvariantCulture,
-                $"--bits {o.Bits} (mixed precision) gives the first decoder layers 4 bits and the rest 2, but {config.Source} says num_hidden_layers is {config.NumHiddenLayers}; fix the config or use whole --bits."));
+                $"LoftQOptions.Bits = {o.Bits} (mixed precision) gives the first decoder layers 4 bits and the rest 2, but {config.Source} says num_hidden_layers is {config.NumHiddenLayers}; fix the config or use a whole LoftQOptions.Bits."));
         }
     }
 
@@ -302,7 +302,7 @@ internal static class CheckpointPipeline
             long inFeatures = fanInFanOut ? info.Shape[0] : info.Shape[1];
             if (options.Rank > Math.Min(outFeatures, inFeatures))
             {
-                throw new ArgumentException($"--rank {options.Rank} is larger than min(out, in) = {Math.Min(outFeatures, inFeatures)} of target tensor '{name}' [{outFeatures}, {inFeatures}].");
+                throw new ArgumentException($"LoftQOptions.Rank = {options.Rank} is larger than min(out, in) = {Math.Min(outFeatures, inFeatures)} of target tensor '{name}' [{outFeatures}, {inFeatures}].");
             }
 
             if (options.Format == OutputFormat.BitsAndBytesNf4)
@@ -310,12 +310,12 @@ internal static class CheckpointPipeline
                 IQuantizer q = policy.Select(name);
                 if (q is not NormalFloatQuantizer { Bits: 4 })
                 {
-                    throw new ArgumentException($"--format bnb-nf4 needs NF4 for every target, but '{name}' gets {q.Name}.");
+                    throw new ArgumentException($"LoftQOptions.Format = OutputFormat.BitsAndBytesNf4 needs NF4 for every target, but '{name}' gets {q.Name}.");
                 }
 
                 if (fanInFanOut)
                 {
-                    throw new ArgumentException($"--format bnb-nf4 is not supported for {checkpoint.Config.ModelType} (fan-in-fan-out Conv1D weights); use --format peft.");
+                    throw new ArgumentException($"LoftQOptions.Format = OutputFormat.BitsAndBytesNf4 is not supported for {checkpoint.Config.ModelType} (fan-in-fan-out Conv1D weights); use LoftQOptions.Format = OutputFormat.Peft.");
                 }
             }
         }
@@ -347,7 +347,7 @@ internal static class CheckpointPipeline
             {
                 throw new OverflowException(
                     $"{e.Message} The input '{file.Path}' stores this weight as {targets[i].DType.ToHeaderString()}; LoftQ's Q quantizes W - B·A, " +
-                    "whose range can exceed W's own. With --iters 1 (Q = q(W)) it cannot; or convert the checkpoint to a wider dtype.", e);
+                    "whose range can exceed W's own. With LoftQOptions.Iterations = 1 (Q = q(W)) it cannot; or convert the checkpoint to a wider dtype.", e);
             }
             catch (NotFiniteNumberException e)
             {

@@ -1,5 +1,4 @@
 using System.Diagnostics;
-using System.Globalization;
 using LoftQNet.IO;
 using LoftQNet.LowRank;
 using LoftQNet.Numerics;
@@ -85,7 +84,7 @@ public sealed class LoftQPlan
         var clock = Stopwatch.StartNew();
         if (Options.Rank > Math.Min(weight.Rows, weight.Columns))
         {
-            throw new ArgumentException($"Rank {Options.Rank} is larger than min(out, in) = {Math.Min(weight.Rows, weight.Columns)} of '{tensorName}' [{weight.Rows}, {weight.Columns}].");
+            throw new ArgumentException($"LoftQOptions.Rank = {Options.Rank} is larger than min(out, in) = {Math.Min(weight.Rows, weight.Columns)} of '{tensorName}' [{weight.Rows}, {weight.Columns}].");
         }
 
         IQuantizer quantizer = Policy.Select(tensorName);
@@ -124,24 +123,26 @@ public sealed class LoftQPlan
         }
     }
 
-    /// <summary>The options in the CLI's words, as written to a report's <see cref="LoftQReport.Settings"/>.</summary>
-    public IReadOnlyDictionary<string, string> DescribeSettings()
+    /// <summary>The options as a report records them in <see cref="LoftQReport.Settings"/>.</summary>
+    /// <remarks>With a custom <see cref="LoftQOptions.Policy"/>, <see cref="LoftQSettings.Bits"/> and <see cref="LoftQSettings.Quantizer"/> are null: the policy, not those options, chose the quantizers.</remarks>
+    public LoftQSettings DescribeSettings()
     {
         LoftQOptions o = Options;
-        return new Dictionary<string, string>(StringComparer.Ordinal)
+        bool custom = o.Policy is not null;
+        return new LoftQSettings
         {
-            ["bits"] = o.Bits.ToString(CultureInfo.InvariantCulture),
-            ["quantizer"] = CheckpointPipeline.QuantizerFlag(o.Quantizer),
-            ["policy"] = Policy.Describe(),
-            ["rank"] = o.Rank.ToString(CultureInfo.InvariantCulture),
-            ["iters"] = o.Iterations.ToString(CultureInfo.InvariantCulture),
-            ["block_size"] = o.BlockSize.ToString(CultureInfo.InvariantCulture),
-            ["solver"] = o.Solver == SolverKind.Exact ? "exact" : "randomized",
-            ["alpha"] = Alpha.ToString(CultureInfo.InvariantCulture),
-            ["seed"] = o.Seed.ToString(CultureInfo.InvariantCulture),
-            ["format"] = o.Format == OutputFormat.BitsAndBytesNf4 ? "bnb-nf4" : "peft",
-            ["double_quant"] = o.DoubleQuant ? "true" : "false",
-            ["threads"] = (o.Threads ?? ComputeSettings.MaxThreads).ToString(CultureInfo.InvariantCulture),
+            Bits = custom ? null : o.Bits,
+            Quantizer = custom ? null : CheckpointPipeline.QuantizerFlag(o.Quantizer),
+            Policy = Policy.Describe(),
+            Rank = o.Rank,
+            Iterations = o.Iterations,
+            BlockSize = o.BlockSize,
+            Solver = o.Solver == SolverKind.Exact ? "exact" : "randomized",
+            Alpha = Alpha,
+            Seed = o.Seed,
+            Format = o.Format == OutputFormat.BitsAndBytesNf4 ? "bnb-nf4" : "peft",
+            DoubleQuant = o.DoubleQuant,
+            Threads = o.Threads ?? ComputeSettings.MaxThreads,
         };
     }
 }

@@ -1,5 +1,6 @@
 using System.Text.Json;
 using System.Text.Json.Serialization;
+using LoftQNet.Quantization;
 
 namespace LoftQNet.Pipeline;
 
@@ -35,6 +36,56 @@ public sealed record LayerReport
     public required double Seconds { get; init; }
 }
 
+/// <summary>
+/// The options of a run as <c>loftq_report.json</c> records them: numbers as JSON numbers, flags as booleans, choices
+/// in the CLI's words (<c>nf</c>, <c>bnb-nf4</c>, <c>randomized</c>). Built by <see cref="LoftQPlan.DescribeSettings"/>.
+/// </summary>
+/// <remarks>
+/// With a custom <see cref="LoftQOptions.Policy"/>, <see cref="Bits"/> and <see cref="Quantizer"/> are null (the policy
+/// picks each target's quantizer; <see cref="LoftQOptions.Bits"/> and <see cref="LoftQOptions.Quantizer"/> are
+/// ignored) and <see cref="Policy"/> alone says what was used. Every field is a scalar, so two settings compare equal
+/// with <c>==</c>.
+/// </remarks>
+public sealed record LoftQSettings
+{
+    /// <summary><see cref="LoftQOptions.Bits"/> (fractional for LoftQ's mixed precision); null when a custom policy chose the quantizers.</summary>
+    public double? Bits { get; init; }
+
+    /// <summary>The quantizer family: <c>nf</c>, <c>uniform</c> or <c>uniform-asym</c>; null when a custom policy chose the quantizers.</summary>
+    public string? Quantizer { get; init; }
+
+    /// <summary>What each target got, from <see cref="IQuantizationPolicy.Describe"/>, e.g. <c>all tensors: nf4</c>.</summary>
+    public required string Policy { get; init; }
+
+    /// <summary><see cref="LoftQOptions.Rank"/>: LoRA rank r.</summary>
+    public required int Rank { get; init; }
+
+    /// <summary><see cref="LoftQOptions.Iterations"/>: alternating passes T.</summary>
+    [JsonPropertyName("iters")]
+    public required int Iterations { get; init; }
+
+    /// <summary><see cref="LoftQOptions.BlockSize"/>: values per quantization block.</summary>
+    public required int BlockSize { get; init; }
+
+    /// <summary>The low-rank solver: <c>randomized</c> or <c>exact</c>.</summary>
+    public required string Solver { get; init; }
+
+    /// <summary>LoRA alpha written to the adapter (<see cref="LoftQOptions.Alpha"/>, or r).</summary>
+    public required int Alpha { get; init; }
+
+    /// <summary><see cref="LoftQOptions.Seed"/>.</summary>
+    public required int Seed { get; init; }
+
+    /// <summary>The backbone layout: <c>peft</c> or <c>bnb-nf4</c>.</summary>
+    public required string Format { get; init; }
+
+    /// <summary><see cref="LoftQOptions.DoubleQuant"/>.</summary>
+    public required bool DoubleQuant { get; init; }
+
+    /// <summary>Threads used (<see cref="LoftQOptions.Threads"/>, or the default). Results do not depend on it.</summary>
+    public required int Threads { get; init; }
+}
+
 /// <summary>The summary of a checkpoint run, also written to <c>loftq_report.json</c>.</summary>
 public sealed record LoftQReport
 {
@@ -44,8 +95,8 @@ public sealed record LoftQReport
     /// <summary>The output directory written.</summary>
     public required string Output { get; init; }
 
-    /// <summary>The options, in the words of the CLI.</summary>
-    public required IReadOnlyDictionary<string, string> Settings { get; init; }
+    /// <summary>The options the run used (see <see cref="LoftQPlan.DescribeSettings"/>).</summary>
+    public required LoftQSettings Settings { get; init; }
 
     /// <summary>One entry per target, in checkpoint order.</summary>
     public required IReadOnlyList<LayerReport> Layers { get; init; }

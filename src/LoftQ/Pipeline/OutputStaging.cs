@@ -55,17 +55,17 @@ internal sealed partial class OutputStaging : IDisposable
     {
         if (string.IsNullOrWhiteSpace(outputDirectory))
         {
-            throw new ArgumentException("The output directory (--out) is empty.", nameof(outputDirectory));
+            throw new ArgumentException("The output directory is empty.", nameof(outputDirectory));
         }
 
         string target = System.IO.Path.TrimEndingDirectorySeparator(System.IO.Path.GetFullPath(outputDirectory));
         CheckNotOverlapping(outputDirectory, target, modelDirectory);
         if (File.Exists(target))
         {
-            throw new ArgumentException($"The output path (--out) '{target}' is a file, not a directory.", nameof(outputDirectory));
+            throw new ArgumentException($"The output path '{target}' is a file, not a directory.", nameof(outputDirectory));
         }
 
-        string parent = System.IO.Path.GetDirectoryName(target) ?? throw new ArgumentException($"The output directory (--out) '{target}' has no parent directory.", nameof(outputDirectory));
+        string parent = System.IO.Path.GetDirectoryName(target) ?? throw new ArgumentException($"The output directory '{target}' has no parent directory.", nameof(outputDirectory));
         string name = System.IO.Path.GetFileName(target);
         FileStream lockFile = WithWriteAccess(target, parent, () =>
         {
@@ -78,7 +78,7 @@ internal sealed partial class OutputStaging : IDisposable
             OutputState initial = OutputState.Of(target);
             if (initial.Kind == OutputKind.NonEmpty && !overwrite)
             {
-                throw new ArgumentException($"The output directory (--out) '{target}' exists and is not empty; choose another or pass --overwrite.", nameof(outputDirectory));
+                throw new ArgumentException($"The output directory '{target}' exists and is not empty; choose another or set LoftQOptions.Overwrite.", nameof(outputDirectory));
             }
 
             string staging = System.IO.Path.Combine(parent, $".{name}.loftq-partial-{OwnerTag()}-{Guid.NewGuid():N}");
@@ -217,7 +217,7 @@ internal sealed partial class OutputStaging : IDisposable
     }
 
     private IOException Changed(string what) =>
-        new($"The output directory (--out) '{Target}' {what} while this run was writing; it was left as is and the new output was discarded. Run again (with --overwrite to replace it).");
+        new($"The output directory '{Target}' {what} while this run was writing; it was left as is and the new output was discarded. Run again (with LoftQOptions.Overwrite to replace it).");
 
     private static void Step(string name) => FaultInjection.Value?.Invoke(name);
 
@@ -240,7 +240,7 @@ internal sealed partial class OutputStaging : IDisposable
         string resolved = string.Equals(realOutput, target, SafeFileSystem.PathComparison) && string.Equals(realModel, System.IO.Path.TrimEndingDirectorySeparator(System.IO.Path.GetFullPath(modelDirectory)), SafeFileSystem.PathComparison)
             ? string.Empty
             : $" (after resolving links: '{realOutput}' and '{realModel}')";
-        throw new ArgumentException($"The output directory (--out) '{outputDirectory}' {where} the model directory '{modelDirectory}'{resolved}; writing there could destroy the model. Choose an output outside it.", nameof(outputDirectory));
+        throw new ArgumentException($"The output directory '{outputDirectory}' {where} the model directory '{modelDirectory}'{resolved}; writing there could destroy the model. Choose an output outside it.", nameof(outputDirectory));
     }
 
     private static FileStream AcquireLock(string target, string lockPath)
@@ -256,7 +256,7 @@ internal sealed partial class OutputStaging : IDisposable
         }
         catch (IOException e) when (e is not (FileNotFoundException or DirectoryNotFoundException or PathTooLongException) && File.Exists(lockPath))
         {
-            throw new IOException($"Another loftq run is writing the output directory (--out) '{target}' (it holds '{lockPath}'); wait for it to finish or choose another output.", e);
+            throw new IOException($"Another loftq run is writing the output directory '{target}' (it holds '{lockPath}'); wait for it to finish or choose another output.", e);
         }
     }
 
@@ -268,11 +268,11 @@ internal sealed partial class OutputStaging : IDisposable
         }
         catch (UnauthorizedAccessException e)
         {
-            throw new UnauthorizedAccessException($"Cannot write the output directory (--out) '{target}': creating files in '{parent}' is not permitted.", e);
+            throw new UnauthorizedAccessException($"Cannot write the output directory '{target}': creating files in '{parent}' is not permitted.", e);
         }
         catch (IOException e) when (e.GetType() == typeof(IOException) && !File.Exists(System.IO.Path.Combine(parent, $".{System.IO.Path.GetFileName(target)}.loftq-lock")))
         {
-            throw new IOException($"Cannot write the output directory (--out) '{target}': creating files in '{parent}' failed ({e.Message}).", e);
+            throw new IOException($"Cannot write the output directory '{target}': creating files in '{parent}' failed ({e.Message}).", e);
         }
     }
 

@@ -36,7 +36,7 @@ public sealed class CliTests
         Assert.True(code == 0, stderr);
         var report = (JsonObject)JsonNode.Parse(stdout)!;
         Assert.Equal(8, report["layers"]!.AsArray().Count);
-        Assert.Equal("4", report["settings"]!["rank"]!.GetValue<string>());
+        Assert.Equal(4, report["settings"]!["rank"]!.GetValue<int>());
         JsonObject layer = report["layers"]![0]!.AsObject();
         Assert.Equal(
             ["best_pass", "bits", "error_trace", "name", "qlora_error", "quantizer", "relative_error", "seconds", "shape"],

@@ -241,7 +241,7 @@ public sealed class CheckpointPipelineTests(FixtureRuns runs) : IClassFixture<Fi
         File.WriteAllText(Path.Combine(output, "keep.txt"), "x");
         var options = new LoftQOptions { Bits = 2, Rank = 4, Iterations = 1, Targets = ["q_proj"] };
         ArgumentException e = Assert.Throws<ArgumentException>(() => LoftQ.Initialize(TestData.Model, output, options));
-        Assert.Contains("--overwrite", e.Message, StringComparison.Ordinal);
+        Assert.Contains("LoftQOptions.Overwrite", e.Message, StringComparison.Ordinal);
         Assert.True(File.Exists(Path.Combine(output, "keep.txt")));
         LoftQ.Initialize(TestData.Model, output, options with { Overwrite = true });
         Assert.False(File.Exists(Path.Combine(output, "keep.txt")));
@@ -250,11 +250,11 @@ public sealed class CheckpointPipelineTests(FixtureRuns runs) : IClassFixture<Fi
     }
 
     [Theory]
-    [InlineData(0, 4, 5, "--rank")]
-    [InlineData(400, 4, 5, "--rank 400 is larger than min(out, in) = 384")]
-    [InlineData(8, 5, 5, "--bits 5")]
-    [InlineData(8, 1.5, 5, "--bits 1.5")]
-    [InlineData(8, 4, -1, "--iters")]
+    [InlineData(0, 4, 5, "LoftQOptions.Rank")]
+    [InlineData(400, 4, 5, "LoftQOptions.Rank = 400 is larger than min(out, in) = 384")]
+    [InlineData(8, 5, 5, "LoftQOptions.Bits = 5")]
+    [InlineData(8, 1.5, 5, "LoftQOptions.Bits = 1.5")]
+    [InlineData(8, 4, -1, "LoftQOptions.Iterations")]
     public void Bad_options_are_rejected_before_anything_is_written(int rank, double bits, int iters, string expected)
     {
         using var dir = new TempDirectory();
@@ -271,7 +271,7 @@ public sealed class CheckpointPipelineTests(FixtureRuns runs) : IClassFixture<Fi
         using var dir = new TempDirectory();
         ArgumentException e = Assert.Throws<ArgumentException>(() =>
             LoftQ.Initialize(TestData.Model, dir.Combine("out"), new LoftQOptions { Bits = 2, Format = OutputFormat.BitsAndBytesNf4 }));
-        Assert.Contains("bnb-nf4", e.Message, StringComparison.Ordinal);
+        Assert.Contains("OutputFormat.BitsAndBytesNf4", e.Message, StringComparison.Ordinal);
         Assert.Contains("nf2", e.Message, StringComparison.Ordinal);
     }
 

@@ -263,7 +263,7 @@ public sealed class OutputSafetyTests
                 notices.Enqueue(p.Message!);
             }
         })));
-        Assert.Contains("--overwrite", e.Message, StringComparison.Ordinal);
+        Assert.Contains("LoftQOptions.Overwrite", e.Message, StringComparison.Ordinal);
         Assert.True(File.Exists(Path.Combine(output, "keep.txt")));
         Assert.Contains(notices, n => n.StartsWith("Restored", StringComparison.Ordinal));
         Assert.Equal(["M", "out"], Directory.EnumerateFileSystemEntries(dir.Path).Select(Path.GetFileName).Order(StringComparer.Ordinal));

@@ -69,7 +69,7 @@ public sealed class OverflowTests
             LoftQ.Initialize(model, output, new LoftQOptions { Bits = 4, Rank = 16, Iterations = 5, Targets = ["q_proj"] }));
         Assert.Contains("q_proj.weight", e.Message, StringComparison.Ordinal);
         Assert.Contains("does not fit F16", e.Message, StringComparison.Ordinal);
-        Assert.Contains("--iters 1", e.Message, StringComparison.Ordinal);
+        Assert.Contains("LoftQOptions.Iterations = 1", e.Message, StringComparison.Ordinal);
         Assert.Equal(["M"], Directory.EnumerateFileSystemEntries(dir.Path).Select(Path.GetFileName));
 
         // With one pass Q = q(W), whose values never exceed the weight's own absmax: the same model then works.
