@@ -58,24 +58,6 @@ internal static class TorchEngine
     public static TorchLowRankFactors FromCore(LowRankFactors factors) =>
         new(ToTensor(factors.A), ToTensor(factors.B), tensor(factors.SingularValues.ToArray()));
 
-    /// <summary>
-    /// PEFT's default lora_A init, U(−1/√in, 1/√in), drawn exactly as the core optimizer draws it (a counter-based
-    /// SplitMix64 stream from <paramref name="seed"/>), so the torch engine's QLoRA baseline matches the core's bit for bit.
-    /// </summary>
-    public static float[] KaimingUniformA(int rank, int inFeatures, int seed)
-    {
-        var a = new float[(long)rank * inFeatures];
-        double bound = 1.0 / Math.Sqrt(inFeatures);
-        for (int i = 0; i < a.Length; i++)
-        {
-            ulong h = SplitMix(((ulong)(long)seed * 0xD1B54A32D192ED03UL) ^ (ulong)i);
-            double u = (h >> 11) * (1.0 / 9007199254740992.0);
-            a[i] = (float)(((2.0 * u) - 1.0) * bound);
-        }
-
-        return a;
-    }
-
     /// <summary>A 64-bit mix of a seed and the bits of some floats (used to vary a generator's seed between warm starts).</summary>
     public static ulong Mix(long seed, ReadOnlySpan<float> values)
     {

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using LoftQNet.Numerics;
+using LoftQNet.Optimization;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -53,7 +54,8 @@ public static class TorchLoftQ
         {
             (Tensor codes0, Tensor scales0, Tensor? offsets0, Tensor deq0) = quantizer.QuantizeDequantize(w);
             double error0 = Relative(Norm(w - deq0), weightNorm);
-            Tensor a0 = tensor(TorchEngine.KaimingUniformA(rank, (int)n, seed), [rank, n]).to(w.device);
+            using Matrix a0Values = AlternatingOptimizer.KaimingUniformA(rank, (int)n, seed);
+            Tensor a0 = TorchEngine.ToTensor(a0Values).to(w.device);
             Tensor b0 = zeros([m, rank], ScalarType.Float32, w.device);
             Tensor packed0 = TorchBlockwiseQuantizer.Pack(codes0, quantizer.Bits);
             return Keep(new TorchLoftQResult(quantizer, shape, packed0, scales0, offsets0, a0, b0, [error0], 0, error0, error0, clock.Elapsed), scope);

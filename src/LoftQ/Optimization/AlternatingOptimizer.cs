@@ -148,8 +148,15 @@ public sealed class AlternatingOptimizer
         }
     }
 
-    /// <summary>PEFT's default lora_A init: Kaiming-uniform with a = √5, i.e. U(−1/√in, 1/√in), counter-based from <paramref name="seed"/>.</summary>
-    internal static Matrix KaimingUniformA(int rank, int inFeatures, int seed)
+    /// <summary>
+    /// PEFT's default lora_A init, Kaiming-uniform with a = √5, i.e. U(−1/√in, 1/√in), drawn counter-based from
+    /// <paramref name="seed"/>: the A of the QLoRA baseline (zero iterations). Other engines call it to reproduce that
+    /// baseline bit for bit.
+    /// </summary>
+    /// <param name="rank">Rows r.</param>
+    /// <param name="inFeatures">Columns (in).</param>
+    /// <param name="seed">The optimizer's <see cref="Seed"/>.</param>
+    public static Matrix KaimingUniformA(int rank, int inFeatures, int seed)
     {
         var a = Matrix.Uninitialized(rank, inFeatures);
         double bound = 1.0 / Math.Sqrt(inFeatures);
