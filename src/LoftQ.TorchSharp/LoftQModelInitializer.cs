@@ -406,24 +406,7 @@ public static class LoftQModelInitializer
     }
 
     /// <summary>Copies a weight [out, in] into a float32 matrix (exact for fp32, bf16 and fp16 weights).</summary>
-    private static Matrix ToMatrix(Tensor weight, string path)
-    {
-        using var scope = NewDisposeScope();
-        using var noGrad = torch.no_grad();
-        Tensor w = weight.detach();
-        if (w.dtype != ScalarType.Float32)
-        {
-            if (!w.is_floating_point())
-            {
-                throw new ArgumentException($"Target '{path}' has a {w.dtype} weight; LoftQ needs a floating-point weight.");
-            }
-
-            w = w.to(ScalarType.Float32);
-        }
-
-        w = w.cpu().contiguous();
-        var m = Matrix.Uninitialized((int)w.shape[0], (int)w.shape[1]);
-        w.data<float>().CopyTo(m.Span);
-        return m;
-    }
+    private static Matrix ToMatrix(Tensor weight, string path) => weight.is_floating_point()
+        ? TorchEngine.ToMatrix(weight)
+        : throw new ArgumentException($"Target '{path}' has a {weight.dtype} weight; LoftQ needs a floating-point weight.");
 }

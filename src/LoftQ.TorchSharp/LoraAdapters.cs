@@ -1,5 +1,6 @@
 using LoftQNet.IO;
 using LoftQNet.Numerics;
+using LoftQNet.TorchSharp.Engine;
 using TorchSharp;
 using static TorchSharp.torch;
 using static TorchSharp.torch.nn;
@@ -56,7 +57,7 @@ public static class LoraAdapters
         {
             foreach ((string path, LoraLinear layer) in layers)
             {
-                tensors.Add(new LoraTensors(path, ToMatrix(layer.A), ToMatrix(layer.B)));
+                tensors.Add(new LoraTensors(path, TorchEngine.ToMatrix(layer.A), TorchEngine.ToMatrix(layer.B)));
             }
 
             var config = new PeftAdapterConfig(rank, (int)alpha, PeftAdapterConfig.TargetModulesFor(layers.Select(l => l.Path).Order(StringComparer.Ordinal)), baseModelNameOrPath)
@@ -116,21 +117,12 @@ public static class LoraAdapters
             {
                 LoraLinear layer = layers[t.ModulePath];
                 using var scope = NewDisposeScope();
-                layer.A.copy_(torch.tensor(t.A.Span.ToArray(), [t.A.Rows, t.A.Columns]));
-                layer.B.copy_(torch.tensor(t.B.Span.ToArray(), [t.B.Rows, t.B.Columns]));
+                layer.A.copy_(TorchEngine.ToTensor(t.A));
+                layer.B.copy_(TorchEngine.ToTensor(t.B));
                 layer.SetAlpha(adapter.Config.UseRsLora ? adapter.Scaling * layer.Rank : adapter.Config.LoraAlpha);
             }
         }
 
         return adapter.Layers.Count;
-    }
-
-    private static Matrix ToMatrix(Tensor t)
-    {
-        using var scope = NewDisposeScope();
-        Tensor c = t.detach().to(ScalarType.Float32).cpu().contiguous();
-        var m = Matrix.Uninitialized((int)c.shape[0], (int)c.shape[1]);
-        c.data<float>().CopyTo(m.Span);
-        return m;
     }
 }

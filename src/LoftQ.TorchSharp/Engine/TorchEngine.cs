@@ -36,12 +36,14 @@ internal static class TorchEngine
         return tensor(matrix.Span.ToArray(), [matrix.Rows, matrix.Columns]);
     }
 
-    /// <summary>A core matrix holding a copy of the two-dimensional <paramref name="t"/> (any device, any floating dtype).</summary>
+    /// <summary>A core matrix holding a float32 copy of the two-dimensional <paramref name="t"/> (any device, any floating dtype; detached from autograd).</summary>
     public static Matrix ToMatrix(Tensor t)
     {
         using var scope = NewDisposeScope();
-        Tensor cpu = t.to(ScalarType.Float32).cpu().contiguous();
-        return Matrix.FromSpan((int)t.shape[0], (int)t.shape[1], cpu.data<float>().ToArray());
+        Tensor cpu = t.detach().to(ScalarType.Float32).cpu().contiguous();
+        var m = Matrix.Uninitialized((int)t.shape[0], (int)t.shape[1]);
+        cpu.data<float>().CopyTo(m.Span);
+        return m;
     }
 
     /// <summary>The factors as core <see cref="LowRankFactors"/> (copies on the CPU).</summary>
