@@ -196,7 +196,7 @@ public sealed class LlamaForCausalLM : nn.Module<Tensor, Tensor>
         // Same dtype on the CPU: the checkpoint's bytes go straight into the parameter's storage.
         if (stored == destination.dtype && destination.device_type == DeviceType.CPU && destination.is_contiguous() && info.ByteLength <= maxChunkBytes)
         {
-            file.GetBytes(name).CopyTo(destination.bytes);
+            file.CopyBytes(name, 0, destination.bytes);
             return;
         }
 
