@@ -74,7 +74,7 @@ internal static class TorchLayerRunner
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"layer | {name} | forward+backward median {times[times.Count / 2] * 1000:F1} ms (range {times[0] * 1000:F1}-{times[^1] * 1000:F1}) | resident rise after forward {held / 1048576.0:F0} MiB, peak rise during the step {peakRise / 1048576.0:F0} MiB"));
         }
 
-        Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"layer | storage | dense fp32 weight {4.0 * N * N / 1048576:F0} MiB | packed NF4 base {lora.BaseLayer.StorageBytes / 1048576.0:F1} MiB"));
+        Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"layer | storage | dense fp32 weight {4.0 * N * N / 1048576:F0} MiB | packed NF4 base {lora.QuantizedBase!.StorageBytes / 1048576.0:F1} MiB"));
         x.Dispose();
     }
 

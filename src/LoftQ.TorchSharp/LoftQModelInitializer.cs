@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using LoftQNet.Numerics;
+using LoftQNet.Optimization;
 using LoftQNet.Pipeline;
 using LoftQNet.Quantization;
 using LoftQNet.TorchSharp.Engine;
@@ -69,6 +70,70 @@ public static class LoftQModelInitializer
             Module model, LoftQOptions? options = null, IProgress<LoftQProgress>? progress = null,
             LoftQModelOptions? modelOptions = null, CancellationToken cancellationToken = default) =>
             Run(model, options ?? new LoftQOptions(), modelOptions ?? new LoftQModelOptions(), progress, cancellationToken);
+
+        /// <summary>
+        /// Full-precision LoRA, the baseline LoftQ and QLoRA are compared with: every target <c>Linear</c> (chosen
+        /// exactly as <c>Initialize</c> chooses them) becomes a <see cref="LoraLinear"/> over the same dense layer,
+        /// with B = 0 and A drawn from PEFT's default U(−1/√in, 1/√in) with the same per-module seed as the QLoRA
+        /// baseline (<see cref="LoftQOptions.Iterations"/> = 0) of <c>Initialize</c>, so the two start from the same A.
+        /// Afterwards only the LoRA factors require gradients.
+        /// </summary>
+        /// <param name="model">The model.</param>
+        /// <param name="options">Only <see cref="LoftQOptions.Rank"/>, <see cref="LoftQOptions.Alpha"/>, <see cref="LoftQOptions.Seed"/> and <see cref="LoftQOptions.Targets"/> are used.</param>
+        /// <param name="modelOptions">LoRA dropout and dtype, default targets (the engine is not used).</param>
+        /// <returns>The module paths that were wrapped, in module order.</returns>
+        /// <exception cref="ArgumentException">An option is invalid or no <c>Linear</c> matches the targets.</exception>
+        /// <exception cref="InvalidOperationException">A target is held where a <see cref="LoraLinear"/> cannot go.</exception>
+        public static IReadOnlyList<string> AddLora(Module model, LoftQOptions? options = null, LoftQModelOptions? modelOptions = null) =>
+            AddDenseLora(model, options ?? new LoftQOptions(), modelOptions ?? new LoftQModelOptions());
+    }
+
+    private static IReadOnlyList<string> AddDenseLora(Module model, LoftQOptions options, LoftQModelOptions modelOptions)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        TorchRuntime.EnsureLoaded();
+        CheckDropout(modelOptions);
+        (LoftQPlan plan, List<(string Path, Linear Linear, ModuleSlot Slot)> slots) = Prepare(model, options, modelOptions);
+        var factors = new (Tensor A, Tensor B)[slots.Count];
+        try
+        {
+            for (int k = 0; k < slots.Count; k++)
+            {
+                Tensor w = slots[k].Linear.weight!;
+                int outF = (int)w.shape[0], inF = (int)w.shape[1];
+                ScalarType loraType = modelOptions.LoraDType ?? (w.dtype == ScalarType.Float64 ? ScalarType.Float64 : ScalarType.Float32);
+                using Matrix a = AlternatingOptimizer.KaimingUniformA(options.Rank, inF, plan.LayerSeed(slots[k].Path + ".weight"));
+                using var scope = NewDisposeScope();
+                factors[k] = (
+                    TorchEngine.ToTensor(a).to(loraType).to(w.device).DetachFromDisposeScope(),
+                    torch.zeros([outF, options.Rank], dtype: loraType, device: w.device).DetachFromDisposeScope());
+            }
+
+            for (int k = 0; k < slots.Count; k++)
+            {
+                var layer = new LoraLinear(slots[k].Linear, factors[k].A, factors[k].B, plan.Alpha, modelOptions.Dropout);
+                slots[k].Slot.Replace(layer);
+            }
+        }
+        finally
+        {
+            foreach ((Tensor a, Tensor b) in factors)
+            {
+                a?.Dispose();
+                b?.Dispose();
+            }
+        }
+
+        Freeze(model);
+        return slots.Select(s => s.Path).ToList();
+    }
+
+    private static void CheckDropout(LoftQModelOptions modelOptions)
+    {
+        if (!(modelOptions.Dropout >= 0 && modelOptions.Dropout < 1))
+        {
+            throw new ArgumentOutOfRangeException(nameof(modelOptions), modelOptions.Dropout, "LoftQModelOptions.Dropout must be in [0, 1).");
+        }
     }
 
     private static LoftQReport Run(Module model, LoftQOptions options, LoftQModelOptions modelOptions, IProgress<LoftQProgress>? progress, CancellationToken cancellationToken)
@@ -81,47 +146,8 @@ public static class LoftQModelInitializer
             throw new ArgumentException("LoftQOptions.Format, DoubleQuant and Overwrite describe checkpoint output; leave them at their defaults when initialising a TorchSharp model.", nameof(options));
         }
 
-        if (!(modelOptions.Dropout >= 0 && modelOptions.Dropout < 1))
-        {
-            throw new ArgumentOutOfRangeException(nameof(modelOptions), modelOptions.Dropout, "LoftQModelOptions.Dropout must be in [0, 1).");
-        }
-
-        // 1. Candidates: every Linear, by module path; targets chosen with the pipeline's rules.
-        var modules = new Dictionary<string, Module>(StringComparer.Ordinal);
-        var parents = new Dictionary<string, (Module Parent, string Name)>(StringComparer.Ordinal);
-        Collect(model, string.Empty, modules, parents);
-        var linears = modules.Where(m => m.Value is Linear).Select(m => m.Key).ToList();
-        int layerCount = Math.Max(1, modules.Keys.Select(p => QuantizationPolicies.LayerIndexOf(p + ".weight")).Max(i => i is int v ? v + 1 : 0));
-        var plan = new LoftQPlan(options, layerCount);
-        IReadOnlyList<string> targets = plan.SelectTargets(linears, modelOptions.DefaultTargets);
-        if (targets.Count == 0)
-        {
-            IReadOnlyList<string> wanted = options.Targets is { Count: > 0 } t ? t : modelOptions.DefaultTargets;
-            bool lora = modules.Values.Any(m => m is LoraLinear);
-            throw new ArgumentException(
-                $"No Linear module of the {model.GetType().Name} matches the targets [{string.Join(", ", wanted)}]" +
-                (lora ? " (the model already has LoraLinear layers: it has been initialised)." : $"; its Linear modules are [{string.Join(", ", linears.Take(8))}{(linears.Count > 8 ? ", …" : string.Empty)}]. Set LoftQOptions.Targets."),
-                nameof(options));
-        }
-
-        // 2. Every target must be swappable before anything is computed or changed.
-        var slots = new List<(string Path, Linear Linear, ModuleSlot Slot)>(targets.Count);
-        foreach (string path in targets)
-        {
-            var linear = (Linear)modules[path];
-            (Module parent, string name) = parents[path];
-            slots.Add((path, linear, ModuleSlot.Find(parent, name, linear, path, typeof(LoraLinear))));
-            if (linear.weight is null || linear.weight.Dimensions != 2)
-            {
-                throw new ArgumentException($"Target '{path}' has no two-dimensional weight.", nameof(model));
-            }
-
-            if (options.Rank > Math.Min(linear.weight.shape[0], linear.weight.shape[1]))
-            {
-                throw new ArgumentException($"LoftQOptions.Rank {options.Rank} is larger than min(out, in) = {Math.Min(linear.weight.shape[0], linear.weight.shape[1])} of target '{path}' [{linear.weight.shape[0]}, {linear.weight.shape[1]}].", nameof(options));
-            }
-        }
-
+        CheckDropout(modelOptions);
+        (LoftQPlan plan, List<(string Path, Linear Linear, ModuleSlot Slot)> slots) = Prepare(model, options, modelOptions);
         progress?.Report(new LoftQProgress(LoftQProgressKind.Started, 0, slots.Count));
         int previousThreads = ComputeSettings.MaxThreads;
         if (options.Threads is int threads)
@@ -227,6 +253,48 @@ public static class LoftQModelInitializer
         };
         progress?.Report(new LoftQProgress(LoftQProgressKind.Completed, slots.Count, slots.Count, Message: "(in memory)"));
         return report;
+    }
+
+    /// <summary>Steps shared by Initialize and AddLora: the candidates (every Linear, by module path), the targets chosen with the pipeline's rules, and a check that every target can be swapped, before anything is computed or changed.</summary>
+    private static (LoftQPlan Plan, List<(string Path, Linear Linear, ModuleSlot Slot)> Slots) Prepare(Module model, LoftQOptions options, LoftQModelOptions modelOptions)
+    {
+        // 1. Candidates: every Linear, by module path; targets chosen with the pipeline's rules.
+        var modules = new Dictionary<string, Module>(StringComparer.Ordinal);
+        var parents = new Dictionary<string, (Module Parent, string Name)>(StringComparer.Ordinal);
+        Collect(model, string.Empty, modules, parents);
+        var linears = modules.Where(m => m.Value is Linear).Select(m => m.Key).ToList();
+        int layerCount = Math.Max(1, modules.Keys.Select(p => QuantizationPolicies.LayerIndexOf(p + ".weight")).Max(i => i is int v ? v + 1 : 0));
+        var plan = new LoftQPlan(options, layerCount);
+        IReadOnlyList<string> targets = plan.SelectTargets(linears, modelOptions.DefaultTargets);
+        if (targets.Count == 0)
+        {
+            IReadOnlyList<string> wanted = options.Targets is { Count: > 0 } t ? t : modelOptions.DefaultTargets;
+            bool lora = modules.Values.Any(m => m is LoraLinear);
+            throw new ArgumentException(
+                $"No Linear module of the {model.GetType().Name} matches the targets [{string.Join(", ", wanted)}]" +
+                (lora ? " (the model already has LoraLinear layers: it has been initialised)." : $"; its Linear modules are [{string.Join(", ", linears.Take(8))}{(linears.Count > 8 ? ", …" : string.Empty)}]. Set LoftQOptions.Targets."),
+                nameof(options));
+        }
+
+        // 2. Every target must be swappable before anything is computed or changed.
+        var slots = new List<(string Path, Linear Linear, ModuleSlot Slot)>(targets.Count);
+        foreach (string path in targets)
+        {
+            var linear = (Linear)modules[path];
+            (Module parent, string name) = parents[path];
+            slots.Add((path, linear, ModuleSlot.Find(parent, name, linear, path, typeof(LoraLinear))));
+            if (linear.weight is null || linear.weight.Dimensions != 2)
+            {
+                throw new ArgumentException($"Target '{path}' has no two-dimensional weight.", nameof(model));
+            }
+
+            if (options.Rank > Math.Min(linear.weight.shape[0], linear.weight.shape[1]))
+            {
+                throw new ArgumentException($"LoftQOptions.Rank {options.Rank} is larger than min(out, in) = {Math.Min(linear.weight.shape[0], linear.weight.shape[1])} of target '{path}' [{linear.weight.shape[0]}, {linear.weight.shape[1]}].", nameof(options));
+            }
+        }
+
+        return (plan, slots);
     }
 
     /// <summary>Whether a target runs on the torch engine (on its weight's device) rather than the managed one.</summary>

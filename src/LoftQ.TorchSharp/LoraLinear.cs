@@ -7,12 +7,13 @@ using static TorchSharp.torch.nn;
 namespace LoftQNet.TorchSharp;
 
 /// <summary>
-/// A LoRA layer over a frozen, packed quantized base: <c>y = base_layer(x) + (alpha / r) · lora_B(lora_A(dropout(x)))</c>,
-/// with trainable <c>lora_A</c> (r × in) and <c>lora_B</c> (out × r). <see cref="LoftQ"/>'s <c>Initialize(model)</c>
-/// swaps it in for a model's target <c>Linear</c> layers; it can also be built directly.
+/// A LoRA layer over a frozen base: <c>y = base_layer(x) + (alpha / r) · lora_B(lora_A(dropout(x)))</c>, with trainable
+/// <c>lora_A</c> (r × in) and <c>lora_B</c> (out × r). The base is a packed quantized <see cref="QuantizedLinear"/>
+/// (QLoRA / LoftQ: <see cref="LoftQ"/>'s <c>Initialize(model)</c> swaps these in) or a dense <c>Linear</c>
+/// (full-precision LoRA: <c>LoftQ.AddLora(model)</c>). It can also be built directly.
 /// </summary>
 /// <remarks>
-/// <para>Children and state-dict names follow PEFT: <c>base_layer</c> (a <see cref="QuantizedLinear"/>),
+/// <para>Children and state-dict names follow PEFT: <c>base_layer</c> (a <see cref="QuantizedLinear"/> or a <c>Linear</c>),
 /// <c>lora_A.weight</c> [r, in], <c>lora_B.weight</c> [out, r], <c>lora_dropout</c>. A model's key
 /// <c>&lt;path&gt;.lora_A.weight</c> is PEFT's adapter key <c>base_model.model.&lt;path&gt;.lora_A.weight</c>.</para>
 /// <para>Only lora_A and lora_B require gradients. The base never keeps a dense weight between forward and
@@ -21,7 +22,7 @@ namespace LoftQNet.TorchSharp;
 /// </remarks>
 public sealed class LoraLinear : Module<Tensor, Tensor>
 {
-    private readonly QuantizedLinear base_layer;
+    private readonly Module<Tensor, Tensor> base_layer;
     private readonly Linear lora_A;
     private readonly Linear lora_B;
     private readonly Module<Tensor, Tensor> lora_dropout;
@@ -34,14 +35,31 @@ public sealed class LoraLinear : Module<Tensor, Tensor>
     /// <param name="dropout">LoRA dropout probability in [0, 1).</param>
     /// <exception cref="ArgumentException">The shapes do not agree, or alpha or dropout is out of range.</exception>
     public LoraLinear(QuantizedLinear baseLayer, Tensor a, Tensor b, double alpha, double dropout = 0)
+        : this(baseLayer, baseLayer?.InFeatures ?? 0, baseLayer?.OutFeatures ?? 0, baseLayer?.Weight.Codes.device, a, b, alpha, dropout)
+    {
+    }
+
+    /// <summary>Creates a full-precision LoRA layer over a dense base and the LoRA factors (copied).</summary>
+    /// <param name="baseLayer">The frozen dense base (taken: this module owns it); its weight is [out, in].</param>
+    /// <param name="a">lora_A's weight, r × in.</param>
+    /// <param name="b">lora_B's weight, out × r.</param>
+    /// <param name="alpha">LoRA alpha; the scaling is alpha / r. Must be positive and finite.</param>
+    /// <param name="dropout">LoRA dropout probability in [0, 1).</param>
+    /// <exception cref="ArgumentException">The base has no two-dimensional weight, the shapes do not agree, or alpha or dropout is out of range.</exception>
+    public LoraLinear(Linear baseLayer, Tensor a, Tensor b, double alpha, double dropout = 0)
+        : this(baseLayer, DenseShape(baseLayer).In, DenseShape(baseLayer).Out, baseLayer?.weight?.device, a, b, alpha, dropout)
+    {
+    }
+
+    private LoraLinear(Module<Tensor, Tensor>? baseLayer, long inFeatures, long outFeatures, Device? device, Tensor a, Tensor b, double alpha, double dropout)
         : base(nameof(LoraLinear))
     {
         ArgumentNullException.ThrowIfNull(baseLayer);
         ArgumentNullException.ThrowIfNull(a);
         ArgumentNullException.ThrowIfNull(b);
-        if (a.Dimensions != 2 || b.Dimensions != 2 || a.shape[1] != baseLayer.InFeatures || b.shape[0] != baseLayer.OutFeatures || a.shape[0] != b.shape[1] || a.shape[0] < 1)
+        if (a.Dimensions != 2 || b.Dimensions != 2 || a.shape[1] != inFeatures || b.shape[0] != outFeatures || a.shape[0] != b.shape[1] || a.shape[0] < 1)
         {
-            throw new ArgumentException($"lora_A must be [r, {baseLayer.InFeatures}] and lora_B [{baseLayer.OutFeatures}, r] with the same r ≥ 1, got A [{string.Join(", ", a.shape)}] and B [{string.Join(", ", b.shape)}].");
+            throw new ArgumentException($"lora_A must be [r, {inFeatures}] and lora_B [{outFeatures}, r] with the same r ≥ 1, got A [{string.Join(", ", a.shape)}] and B [{string.Join(", ", b.shape)}].");
         }
 
         if (!(alpha > 0) || !double.IsFinite(alpha))
@@ -57,10 +75,11 @@ public sealed class LoraLinear : Module<Tensor, Tensor>
         Rank = (int)a.shape[0];
         Alpha = alpha;
         Dropout = dropout;
+        InFeatures = inFeatures;
+        OutFeatures = outFeatures;
         base_layer = baseLayer;
-        Device device = baseLayer.Weight.Codes.device;
-        lora_A = torch.nn.Linear(baseLayer.InFeatures, Rank, hasBias: false, device: device, dtype: a.dtype);
-        lora_B = torch.nn.Linear(Rank, baseLayer.OutFeatures, hasBias: false, device: device, dtype: b.dtype);
+        lora_A = torch.nn.Linear(inFeatures, Rank, hasBias: false, device: device, dtype: a.dtype);
+        lora_B = torch.nn.Linear(Rank, outFeatures, hasBias: false, device: device, dtype: b.dtype);
         using (torch.no_grad())
         {
             lora_A.weight!.copy_(a);
@@ -112,8 +131,19 @@ public sealed class LoraLinear : Module<Tensor, Tensor>
         return layer;
     }
 
-    /// <summary>The frozen quantized base (<c>base_layer</c>).</summary>
-    public QuantizedLinear BaseLayer => base_layer;
+    /// <summary>The frozen base (<c>base_layer</c>): a <see cref="QuantizedLinear"/> or a dense <c>Linear</c>.</summary>
+    public Module<Tensor, Tensor> BaseLayer => base_layer;
+
+    /// <summary>The packed quantized base, or null when the base is dense (full-precision LoRA).</summary>
+    public QuantizedLinear? QuantizedBase => base_layer as QuantizedLinear;
+
+    /// <summary>The frozen bias of the base, if any.</summary>
+    public Tensor? Bias => base_layer switch
+    {
+        QuantizedLinear q => q.Bias,
+        Linear l => l.bias,
+        _ => null,
+    };
 
     /// <summary>lora_A's weight, r × in (trainable).</summary>
     public Parameter A => lora_A.weight!;
@@ -134,10 +164,10 @@ public sealed class LoraLinear : Module<Tensor, Tensor>
     public double Dropout { get; }
 
     /// <summary>Input features.</summary>
-    public long InFeatures => base_layer.InFeatures;
+    public long InFeatures { get; }
 
     /// <summary>Output features.</summary>
-    public long OutFeatures => base_layer.OutFeatures;
+    public long OutFeatures { get; }
 
     /// <inheritdoc/>
     public override Tensor forward(Tensor input)
@@ -164,7 +194,7 @@ public sealed class LoraLinear : Module<Tensor, Tensor>
     {
         using var scope = NewDisposeScope();
         using var noGrad = torch.no_grad();
-        Tensor w = base_layer.Dequantize(ScalarType.Float32);
+        Tensor w = Dequantize(ScalarType.Float32);
         Tensor delta = B.to(ScalarType.Float32).matmul(A.to(ScalarType.Float32)).mul(Scaling);
         return w.add_(delta).to(dtype).MoveToOuterDisposeScope();
     }
@@ -174,21 +204,32 @@ public sealed class LoraLinear : Module<Tensor, Tensor>
     {
         using var scope = NewDisposeScope();
         Tensor merged = Merge(dtype);
-        var linear = torch.nn.Linear(InFeatures, OutFeatures, hasBias: base_layer.Bias is not null, device: merged.device, dtype: dtype);
+        Tensor? bias = Bias;
+        var linear = torch.nn.Linear(InFeatures, OutFeatures, hasBias: bias is not null, device: merged.device, dtype: dtype);
         using (torch.no_grad())
         {
             linear.weight!.copy_(merged);
-            if (base_layer.Bias is not null)
+            if (bias is not null)
             {
-                linear.bias!.copy_(base_layer.Bias);
+                linear.bias!.copy_(bias);
             }
         }
 
         return linear;
     }
 
-    /// <summary>The dense base weight deq(Q) [out, in] in <paramref name="dtype"/> (the caller owns it).</summary>
-    public Tensor Dequantize(ScalarType dtype = ScalarType.Float32) => base_layer.Dequantize(dtype);
+    /// <summary>The dense base weight [out, in] in <paramref name="dtype"/>: deq(Q), or a copy of the dense base's weight (the caller owns it).</summary>
+    public Tensor Dequantize(ScalarType dtype = ScalarType.Float32)
+    {
+        if (base_layer is QuantizedLinear q)
+        {
+            return q.Dequantize(dtype);
+        }
+
+        using var noGrad = torch.no_grad();
+        Tensor w = ((Linear)base_layer).weight!;
+        return w.dtype == dtype ? w.detach().clone() : w.detach().to(dtype);
+    }
 
     /// <summary>Sets alpha (e.g. from an adapter's <c>lora_alpha</c>).</summary>
     /// <exception cref="ArgumentOutOfRangeException">alpha is not positive and finite.</exception>
@@ -203,5 +244,11 @@ public sealed class LoraLinear : Module<Tensor, Tensor>
     }
 
     /// <inheritdoc/>
-    public override string ToString() => $"LoraLinear(in={InFeatures}, out={OutFeatures}, r={Rank}, alpha={Alpha}, base={base_layer.QuantizerName})";
+    public override string ToString() => $"LoraLinear(in={InFeatures}, out={OutFeatures}, r={Rank}, alpha={Alpha}, base={(base_layer is QuantizedLinear q ? q.QuantizerName : "dense")})";
+
+    private static (long In, long Out) DenseShape(Linear? layer) =>
+        layer is null ? throw new ArgumentNullException(nameof(layer))
+        : layer.weight is { Dimensions: 2 } w
+            ? (w.shape[1], w.shape[0])
+            : throw new ArgumentException("The dense base must be a Linear with a two-dimensional weight [out, in].", nameof(layer));
 }

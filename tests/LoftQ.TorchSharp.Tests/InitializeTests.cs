@@ -95,7 +95,7 @@ public class InitializeTests : TorchTestBase
         }
 
         Assert.Equal(report.Layers[0].RelativeError, Math.Sqrt(num / den), 1e-5);
-        Assert.NotNull(lora.BaseLayer.Bias);
+        Assert.NotNull(lora.Bias);
 
         // The initialised model computes nearly what the original did: four layers each off by a relative ~0.06
         // (NF4, r = 8 on 64x64 Gaussian weights) move the output by a few percent of its largest value.

@@ -103,7 +103,7 @@ public class LoraLinearTests : TorchTestBase
         {
             layer.to(ScalarType.Float64);
             Assert.Equal(ScalarType.Float64, layer.A.dtype);
-            Assert.Equal(ScalarType.Float32, layer.BaseLayer.Weight.Scales.dtype);
+            Assert.Equal(ScalarType.Float32, layer.QuantizedBase!.Weight.Scales.dtype);
             using (torch.no_grad())
             {
                 layer.B.copy_(torch.randn([12, 3], dtype: ScalarType.Float64, generator: new Generator(3)));
@@ -117,7 +117,7 @@ public class LoraLinearTests : TorchTestBase
             loss.backward();
             string[] trainable = layer.named_parameters().Where(p => p.parameter.requires_grad).Select(p => p.name).Order().ToArray();
             Assert.Equal(new[] { "lora_A.weight", "lora_B.weight" }, trainable);
-            Assert.Null(layer.BaseLayer.Bias!.grad);
+            Assert.Null(layer.Bias!.grad);
 
             foreach ((Tensor param, Tensor grad) in new[] { (layer.A, layer.A.grad!), (layer.B, layer.B.grad!), (x, x.grad!) })
             {
@@ -214,8 +214,8 @@ public class LoraLinearTests : TorchTestBase
             layer.to(ScalarType.BFloat16);
             Assert.Equal(ScalarType.BFloat16, layer.A.dtype);
             Assert.Equal(ScalarType.BFloat16, layer.B.dtype);
-            Assert.Equal(ScalarType.Byte, layer.BaseLayer.Weight.Codes.dtype);
-            Assert.Equal(ScalarType.Float32, layer.BaseLayer.Weight.Scales.dtype);
+            Assert.Equal(ScalarType.Byte, layer.QuantizedBase!.Weight.Codes.dtype);
+            Assert.Equal(ScalarType.Float32, layer.QuantizedBase!.Weight.Scales.dtype);
             Tensor y = layer.forward(x.to(ScalarType.BFloat16));
             Assert.Equal(ScalarType.BFloat16, y.dtype);
             float[] bf16 = Values(y);
