@@ -32,8 +32,11 @@ internal sealed partial class OutputStaging : IDisposable
     private bool _committed;
     private bool _keepStaging;
 
-    private OutputStaging(string target, string staging, FileStream lockFile, OutputState initial, Action<string>? notice)
+    private readonly string _overwriteOption;
+
+    private OutputStaging(string target, string staging, FileStream lockFile, OutputState initial, Action<string>? notice, string overwriteOption)
     {
+        _overwriteOption = overwriteOption;
         Target = target;
         Path = staging;
         _lock = lockFile;
@@ -51,7 +54,7 @@ internal sealed partial class OutputStaging : IDisposable
     /// Checks the output against the model, takes the output's lock, cleans up after earlier killed runs (telling
     /// <paramref name="notice"/>), records the output's current state and creates the staging directory.
     /// </summary>
-    public static OutputStaging Create(string outputDirectory, string modelDirectory, bool overwrite, Action<string>? notice = null)
+    public static OutputStaging Create(string outputDirectory, string? modelDirectory, bool overwrite, Action<string>? notice = null, string overwriteOption = "LoftQOptions.Overwrite")
     {
         if (string.IsNullOrWhiteSpace(outputDirectory))
         {
@@ -78,12 +81,12 @@ internal sealed partial class OutputStaging : IDisposable
             OutputState initial = OutputState.Of(target);
             if (initial.Kind == OutputKind.NonEmpty && !overwrite)
             {
-                throw new ArgumentException($"The output directory '{target}' exists and is not empty; choose another or set LoftQOptions.Overwrite.", nameof(outputDirectory));
+                throw new ArgumentException($"The output directory '{target}' exists and is not empty; choose another or set {overwriteOption}.", nameof(outputDirectory));
             }
 
             string staging = System.IO.Path.Combine(parent, $".{name}.loftq-partial-{OwnerTag()}-{Guid.NewGuid():N}");
             WithWriteAccess(target, parent, () => Directory.CreateDirectory(staging));
-            return new OutputStaging(target, staging, lockFile, initial, notice);
+            return new OutputStaging(target, staging, lockFile, initial, notice, overwriteOption);
         }
         catch
         {
@@ -217,15 +220,20 @@ internal sealed partial class OutputStaging : IDisposable
     }
 
     private IOException Changed(string what) =>
-        new($"The output directory '{Target}' {what} while this run was writing; it was left as is and the new output was discarded. Run again (with LoftQOptions.Overwrite to replace it).");
+        new($"The output directory '{Target}' {what} while this run was writing; it was left as is and the new output was discarded. Run again (with {_overwriteOption} to replace it).");
 
     private static void Step(string name) => FaultInjection.Value?.Invoke(name);
 
     private static string OwnerTag() =>
         string.Create(CultureInfo.InvariantCulture, $"{Environment.ProcessId}-{SafeFileSystem.CurrentProcessStartToken}");
 
-    private static void CheckNotOverlapping(string outputDirectory, string target, string modelDirectory)
+    private static void CheckNotOverlapping(string outputDirectory, string target, string? modelDirectory)
     {
+        if (string.IsNullOrEmpty(modelDirectory))
+        {
+            return;
+        }
+
         string realOutput = SafeFileSystem.RealPath(target);
         string realModel = SafeFileSystem.RealPath(modelDirectory);
         string where =
