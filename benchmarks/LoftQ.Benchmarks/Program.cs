@@ -5,7 +5,8 @@ namespace LoftQNet.Benchmarks;
 /// <summary>
 /// Entry point: <c>dotnet run -c Release --project benchmarks/LoftQ.Benchmarks -- --filter '*'</c> runs the
 /// BenchmarkDotNet suites; <c>-- compare plan.json</c> is the LoftQ.NET side of benchmarks/compare/run.sh;
-/// <c>-- torch-layers [repeats] [model]</c> measures LoraLinear against a dense Linear and LoftQ.Initialize(model).
+/// <c>-- torch-layers [repeats] [model]</c> measures LoraLinear against a dense Linear and LoftQ.Initialize(model);
+/// <c>-- finetune-speed &lt;lora|nf4|nf2&gt; [steps] [threads]</c> is the LoftQ.NET side of benchmarks/finetune/run.sh.
 /// </summary>
 public static class Program
 {
@@ -21,6 +22,16 @@ public static class Program
             int repeats = args.Length > 1 ? int.Parse(args[1], System.Globalization.CultureInfo.InvariantCulture) : 5;
             string model = args.Length > 2 ? args[2] : Path.Combine("tests", "data", "byte-llama-14m");
             return TorchLayerRunner.Run(repeats, model);
+        }
+
+        if (args is ["finetune-speed", string config, ..])
+        {
+            var inv = System.Globalization.CultureInfo.InvariantCulture;
+            int steps = args.Length > 2 ? int.Parse(args[2], inv) : 20;
+            int threads = args.Length > 3 ? int.Parse(args[3], inv) : Environment.ProcessorCount;
+            string model = args.Length > 4 ? args[4] : Path.Combine("tests", "data", "byte-llama-14m");
+            string train = args.Length > 5 ? args[5] : Path.Combine("tests", "data", "fortunes-train.txt");
+            return FineTuneSpeedRunner.Run(config, steps, threads, model, train);
         }
 
         BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args);

@@ -1,0 +1,90 @@
+using System.Globalization;
+using System.Text.Json;
+using LoftQNet.Pipeline;
+using LoftQNet.TorchSharp;
+using LoftQNet.TorchSharp.Models;
+using LoftQNet.TorchSharp.Training;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace LoftQNet.Benchmarks;
+
+/// <summary>
+/// <c>-- finetune-speed &lt;lora|nf4|nf2&gt; [steps] [threads] [model] [train.txt]</c>: the fine-tuning protocol's step
+/// (batch 8 × 128 bytes, AdamW over the LoRA factors, r = 16) for LoRA over the dense float32 base or over the packed
+/// NF4/NF2 base. Prints one JSON line: the median seconds per step (the first two steps excluded), tokens/s, and the
+/// peak RSS during training (VmHWM after resetting it once the model is ready), so each configuration runs in its own
+/// process (benchmarks/finetune/run.sh).
+/// </summary>
+internal static class FineTuneSpeedRunner
+{
+    public static int Run(string config, int steps, int threads, string model, string trainPath)
+    {
+        TorchRuntime.EnsureLoaded();
+        torch.set_num_threads(threads);
+        using var llama = LlamaForCausalLM.FromPretrained(model, ScalarType.Float32);
+        var options = new LoftQOptions { Rank = 16, Alpha = 16, Threads = threads };
+        switch (config)
+        {
+            case "lora":
+                LoftQ.AddLora(llama, options);
+                break;
+            case "nf4":
+            case "nf2":
+                LoftQ.Initialize(llama, options with { Bits = config == "nf4" ? 4 : 2 });
+                break;
+            default:
+                Console.Error.WriteLine($"Unknown configuration '{config}': lora, nf4 or nf2.");
+                return 2;
+        }
+
+        GC.Collect();
+        long before = Status("VmRSS");
+        File.WriteAllText("/proc/self/clear_refs", "5"); // resets VmHWM to the current RSS
+        var train = ByteWindowDataset.FromFile(trainPath, 128);
+        var trainer = new LoraTrainer(llama, new LoraTrainingOptions { Steps = steps });
+        var stamps = new List<TimeSpan>();
+        var progress = new Stamps(stamps);
+        TrainingResult result = trainer.Train(train, evaluation: null, progress);
+        var perStep = new List<double>();
+        for (int i = 1; i < stamps.Count; i++)
+        {
+            perStep.Add((stamps[i] - stamps[i - 1]).TotalSeconds);
+        }
+
+        List<double> warm = perStep.Count > 4 ? perStep.Skip(2).ToList() : perStep;
+        warm.Sort();
+        double median = warm.Count % 2 == 1 ? warm[warm.Count / 2] : (warm[(warm.Count / 2) - 1] + warm[warm.Count / 2]) / 2;
+        Console.WriteLine(JsonSerializer.Serialize(new Dictionary<string, object>
+        {
+            ["impl"] = "LoftQ.NET " + config,
+            ["steps"] = steps,
+            ["median_step_s"] = median,
+            ["tokens_per_s"] = 8 * 128 / median,
+            ["first_loss"] = result.Losses[0],
+            ["last_loss"] = result.Losses[^1],
+            ["rss_before_training_mb"] = before / 1024.0,
+            ["peak_rss_training_mb"] = Status("VmHWM") / 1024.0,
+        }));
+        return 0;
+    }
+
+    /// <summary>A /proc/self/status value in KiB.</summary>
+    private static long Status(string key)
+    {
+        foreach (string line in File.ReadLines("/proc/self/status"))
+        {
+            if (line.StartsWith(key + ":", StringComparison.Ordinal))
+            {
+                return long.Parse(line[(key.Length + 1)..].Trim().Split(' ')[0], CultureInfo.InvariantCulture);
+            }
+        }
+
+        throw new InvalidOperationException($"/proc/self/status has no {key}.");
+    }
+
+    private sealed class Stamps(List<TimeSpan> stamps) : IProgress<TrainingProgress>
+    {
+        public void Report(TrainingProgress value) => stamps.Add(value.Elapsed);
+    }
+}

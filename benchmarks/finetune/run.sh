@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Fine-tuning speed, side by side on this machine: the protocol's training step (batch 8 x 128 bytes, r = 16, AdamW
+# over the LoRA factors) for LoftQ.NET's LoraTrainer over the dense float32 base, the packed NF4 base and the packed
+# NF2 base, and for PyTorch (Debian's python3-torch) with LoRA over the dense base. Every configuration runs in its
+# own process, REPEATS times, in rotation; prints every JSON line and a Markdown table of medians.
+#
+#   benchmarks/finetune/run.sh              # 20 steps, 3 repeats, all cores
+#   STEPS=30 REPEATS=5 THREADS=1 benchmarks/finetune/run.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+steps=${STEPS:-20}
+repeats=${REPEATS:-3}
+threads=${THREADS:-$(nproc)}
+py=/usr/bin/python3
+model=tests/data/byte-llama-14m
+train=tests/data/fortunes-train.txt
+
+need=()
+$py -c "import torch" 2>/dev/null || need+=(python3-torch)
+ls /usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas*.so* >/dev/null 2>&1 || need+=(libopenblas0-pthread)
+if ((${#need[@]})); then
+  echo "installing ${need[*]} ..." >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >&2
+fi
+
+dotnet build -c Release -v q --nologo benchmarks/LoftQ.Benchmarks >&2
+bench="dotnet benchmarks/LoftQ.Benchmarks/bin/Release/net10.0/LoftQ.Benchmarks.dll"
+results=$(mktemp)
+for ((r = 1; r <= repeats; r++)); do
+  for config in lora nf4 nf2; do
+    $bench finetune-speed "$config" "$steps" "$threads" "$model" "$train" | tail -1 | tee -a "$results"
+  done
+  $py benchmarks/finetune/reference.py "$model" "$train" "$steps" "$threads" | tee -a "$results"
+done
+
+$py - "$results" "$threads" "$steps" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+by = {}
+for r in rows:
+    by.setdefault(r["impl"], []).append(r)
+dense = statistics.median(r["median_step_s"] for r in by["LoftQ.NET lora"])
+torch_impl = next(k for k in by if k.startswith("pytorch"))
+ref = statistics.median(r["median_step_s"] for r in by[torch_impl])
+print(f"\n{sys.argv[3]} steps, {sys.argv[2]} threads, medians over {len(by[torch_impl])} runs (range in brackets)\n")
+print("| run | s per step | tokens/s | vs .NET dense | vs PyTorch | peak RSS MB |")
+print("|---|---:|---:|---:|---:|---:|")
+for impl, rs in by.items():
+    s = [r["median_step_s"] for r in rs]
+    m = statistics.median(s)
+    rss = statistics.median(r.get("peak_rss_training_mb", r.get("peak_rss_mb")) for r in rs)
+    print(f"| {impl} | {m:.3f} [{min(s):.3f}-{max(s):.3f}] | {1024 / m:.0f} | {m / dense:.2f}x | {m / ref:.2f}x | {rss:.0f} |")
+PY
+rm -f "$results"
