@@ -267,7 +267,11 @@ public sealed class LoraTrainer
                 group.LearningRate = lr;
             }
 
-            optimizer.zero_grad();
+            using (torch.NewDisposeScope())
+            {
+                optimizer.zero_grad(); // reads every .grad: wrappers that would outlive the step without a scope
+            }
+
             double loss = 0;
             for (int micro = 0; micro < o.GradientAccumulationSteps; micro++)
             {
