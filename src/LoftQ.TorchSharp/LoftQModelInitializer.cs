@@ -149,11 +149,8 @@ public static class LoftQModelInitializer
         CheckDropout(modelOptions);
         (LoftQPlan plan, List<(string Path, Linear Linear, ModuleSlot Slot)> slots) = Prepare(model, options, modelOptions);
         progress?.Report(new LoftQProgress(LoftQProgressKind.Started, 0, slots.Count));
-        int previousThreads = ComputeSettings.MaxThreads;
-        if (options.Threads is int threads)
-        {
-            ComputeSettings.MaxThreads = threads;
-        }
+        // This run's thread count flows with the call; the process-wide ComputeSettings.MaxThreads is never changed.
+        using ComputeSettings.ThreadScope threads = options.Threads is int t ? ComputeSettings.UseThreads(t) : default;
 
         // 3. Compute every replacement; the model is untouched until all succeed.
         var created = new LoraLinear?[slots.Count];
@@ -229,10 +226,6 @@ public static class LoftQModelInitializer
             }
 
             throw;
-        }
-        finally
-        {
-            ComputeSettings.MaxThreads = previousThreads;
         }
 
         // 4. Swap, dispose what was replaced, freeze everything but the LoRA factors.
@@ -405,7 +398,7 @@ public static class LoftQModelInitializer
     private static IEnumerable<List<int>> Batches(List<long> sizes)
     {
         const long LayerParallelMaxElements = 4L << 20;
-        int width = Math.Max(1, ComputeSettings.MaxThreads);
+        int width = Math.Max(1, ComputeSettings.EffectiveMaxThreads);
         var batch = new List<int>();
         for (int i = 0; i < sizes.Count; i++)
         {

@@ -5,12 +5,15 @@ namespace LoftQNet.Numerics;
 /// </summary>
 /// <remarks>
 /// The default is <see cref="Environment.ProcessorCount"/>, overridable by the <c>LOFTQ_NUM_THREADS</c> environment
-/// variable. Work that is already running in parallel (for example several layers at once) enters
+/// variable. A run with <see cref="Pipeline.LoftQOptions.Threads"/> set uses that many threads for its own work only
+/// (the setting flows with the call, into the workers it starts) and leaves this process-wide value alone, so
+/// concurrent runs with different thread counts do not disturb each other. Work that is already running in parallel (for example several layers at once) enters
 /// <see cref="EnterSerialRegion"/> so that the kernels it calls stay single-threaded and the machine is not
 /// oversubscribed. Results never depend on the thread count.
 /// </remarks>
 public static class ComputeSettings
 {
+    private static readonly AsyncLocal<int> s_callThreads = new();
     private static int s_maxThreads = ReadEnvironment();
 
     [ThreadStatic]
@@ -26,6 +29,22 @@ public static class ComputeSettings
             ArgumentOutOfRangeException.ThrowIfLessThan(value, 1, nameof(MaxThreads));
             Volatile.Write(ref s_maxThreads, value);
         }
+    }
+
+    /// <summary>The most threads one kernel call may use here: the innermost <see cref="UseThreads"/> scope's count on this call path, else <see cref="MaxThreads"/>.</summary>
+    internal static int EffectiveMaxThreads => s_callThreads.Value is int n and > 0 ? n : MaxThreads;
+
+    /// <summary>
+    /// Makes kernels called on this logical call path (this thread, the awaits after it and the parallel workers it
+    /// starts) use up to <paramref name="threads"/> threads until the scope is disposed, without touching
+    /// <see cref="MaxThreads"/>. Scopes nest; dispose them in reverse order (a <c>using</c> does).
+    /// </summary>
+    internal static ThreadScope UseThreads(int threads)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(threads, 1);
+        int previous = s_callThreads.Value;
+        s_callThreads.Value = threads;
+        return new ThreadScope(previous);
     }
 
     /// <summary>Whether the calling thread is inside a serial region (kernels then run on it alone).</summary>
@@ -50,7 +69,7 @@ public static class ComputeSettings
         }
 
         long byWork = work / Math.Max(1, minWorkPerThread);
-        return (int)Math.Clamp(byWork, 1, MaxThreads);
+        return (int)Math.Clamp(byWork, 1, EffectiveMaxThreads);
     }
 
     /// <summary>
@@ -80,6 +99,28 @@ public static class ComputeSettings
     {
         string? value = Environment.GetEnvironmentVariable("LOFTQ_NUM_THREADS");
         return int.TryParse(value, out int n) && n >= 1 ? n : Environment.ProcessorCount;
+    }
+
+    /// <summary>A scope returned by <see cref="UseThreads"/>; disposing it restores the enclosing setting.</summary>
+    internal readonly struct ThreadScope : IDisposable
+    {
+        private readonly int _previous;
+        private readonly bool _active;
+
+        internal ThreadScope(int previous)
+        {
+            _previous = previous;
+            _active = true;
+        }
+
+        /// <summary>Restores the thread count of the enclosing scope (none: <see cref="MaxThreads"/>).</summary>
+        public void Dispose()
+        {
+            if (_active)
+            {
+                s_callThreads.Value = _previous;
+            }
+        }
     }
 
     /// <summary>A scope returned by <see cref="EnterSerialRegion"/>; dispose it to leave the region.</summary>

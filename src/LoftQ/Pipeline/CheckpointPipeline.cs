@@ -36,136 +36,126 @@ internal static class CheckpointPipeline
                 : $"Model directory '{modelDirectory}' does not exist.");
         }
 
-        int previousThreads = ComputeSettings.MaxThreads;
-        if (options.Threads is int threads)
+        // This run's thread count flows with the call; the process-wide ComputeSettings.MaxThreads is never changed.
+        using ComputeSettings.ThreadScope threads = options.Threads is int t ? ComputeSettings.UseThreads(t) : default;
+
+        using HuggingFaceCheckpoint checkpoint = HuggingFaceCheckpoint.Open(modelDirectory);
+        ConfigConsistency.Validate(checkpoint);
+        CheckLayerCountForMixedPrecision(options, checkpoint.Config);
+        IReadOnlyList<string> targets = TargetSelector.Select(checkpoint, options.Targets);
+        List<string> warnings = NonMatrixTargetWarnings(checkpoint, options.Targets);
+        var targetSet = new HashSet<string>(targets, StringComparer.Ordinal);
+        bool fanInFanOut = checkpoint.Config.FanInFanOut;
+        var plan = new LoftQPlan(options, checkpoint.Config.NumHiddenLayers);
+        IQuantizationPolicy policy = plan.Policy;
+        CheckTargets(checkpoint, targets, options, policy, fanInFanOut);
+
+        using OutputStaging staging = OutputStaging.Create(
+            outputDirectory, modelDirectory, options.Overwrite,
+            message => progress?.Report(new LoftQProgress(LoftQProgressKind.Notice, 0, targets.Count, Message: message)));
+        foreach (string warning in warnings)
         {
-            ComputeSettings.MaxThreads = threads;
+            progress?.Report(new LoftQProgress(LoftQProgressKind.Notice, 0, targets.Count, Message: warning));
         }
 
+        progress?.Report(new LoftQProgress(LoftQProgressKind.Started, 0, targets.Count));
+
+        var layers = new List<LayerReport>(targets.Count);
+        var adapters = new List<LoraTensors>(targets.Count);
+        var weightMap = new SortedDictionary<string, string>(StringComparer.Ordinal);
+        long totalBytes = 0;
+        int done = 0;
         try
         {
-            using HuggingFaceCheckpoint checkpoint = HuggingFaceCheckpoint.Open(modelDirectory);
-            ConfigConsistency.Validate(checkpoint);
-            CheckLayerCountForMixedPrecision(options, checkpoint.Config);
-            IReadOnlyList<string> targets = TargetSelector.Select(checkpoint, options.Targets);
-            List<string> warnings = NonMatrixTargetWarnings(checkpoint, options.Targets);
-            var targetSet = new HashSet<string>(targets, StringComparer.Ordinal);
-            bool fanInFanOut = checkpoint.Config.FanInFanOut;
-            var plan = new LoftQPlan(options, checkpoint.Config.NumHiddenLayers);
-            IQuantizationPolicy policy = plan.Policy;
-            CheckTargets(checkpoint, targets, options, policy, fanInFanOut);
-
-            using OutputStaging staging = OutputStaging.Create(
-                outputDirectory, modelDirectory, options.Overwrite,
-                message => progress?.Report(new LoftQProgress(LoftQProgressKind.Notice, 0, targets.Count, Message: message)));
-            foreach (string warning in warnings)
+            foreach (string shard in checkpoint.ShardFiles)
             {
-                progress?.Report(new LoftQProgress(LoftQProgressKind.Notice, 0, targets.Count, Message: warning));
-            }
+                cancellationToken.ThrowIfCancellationRequested();
+                SafeTensorsFile file = checkpoint.OpenShard(shard);
+                List<SafeTensorInfo> shardTargets = file.Tensors.Where(t => targetSet.Contains(t.Name)).ToList();
+                Dictionary<string, TargetOutput> outputs = ProcessTargets(
+                    file, shardTargets, plan, fanInFanOut, cancellationToken,
+                    output =>
+                    {
+                        int completed = Interlocked.Increment(ref done);
+                        progress?.Report(new LoftQProgress(LoftQProgressKind.LayerCompleted, completed, targets.Count, output.Report));
+                    });
 
-            progress?.Report(new LoftQProgress(LoftQProgressKind.Started, 0, targets.Count));
-
-            var layers = new List<LayerReport>(targets.Count);
-            var adapters = new List<LoraTensors>(targets.Count);
-            var weightMap = new SortedDictionary<string, string>(StringComparer.Ordinal);
-            long totalBytes = 0;
-            int done = 0;
-            try
-            {
-                foreach (string shard in checkpoint.ShardFiles)
+                // Stream the shard: copied tensors go from the input to the output 1 MiB at a time, so
+                // only the new target tensors of this shard are held in memory.
+                var descriptors = new List<SafeTensorDescriptor>(file.Tensors.Count);
+                foreach (SafeTensorInfo info in file.Tensors)
                 {
-                    cancellationToken.ThrowIfCancellationRequested();
-                    SafeTensorsFile file = checkpoint.OpenShard(shard);
-                    List<SafeTensorInfo> shardTargets = file.Tensors.Where(t => targetSet.Contains(t.Name)).ToList();
-                    Dictionary<string, TargetOutput> outputs = ProcessTargets(
-                        file, shardTargets, plan, fanInFanOut, cancellationToken,
-                        output =>
-                        {
-                            int completed = Interlocked.Increment(ref done);
-                            progress?.Report(new LoftQProgress(LoftQProgressKind.LayerCompleted, completed, targets.Count, output.Report));
-                        });
+                    if (outputs.TryGetValue(info.Name, out TargetOutput? output))
+                    {
+                        descriptors.AddRange(output.BackboneEntries.Select(e => e.Descriptor));
+                        layers.Add(output.Report);
+                        adapters.Add(output.Adapter);
+                    }
+                    else
+                    {
+                        descriptors.Add(new SafeTensorDescriptor(info.Name, info.DType, info.Shape));
+                    }
+                }
 
-                    // Stream the shard: copied tensors go from the input to the output 1 MiB at a time, so
-                    // only the new target tensors of this shard are held in memory.
-                    var descriptors = new List<SafeTensorDescriptor>(file.Tensors.Count);
+                using (SafeTensorsWriter writer = SafeTensorsWriter.Create(Path.Combine(staging.Path, shard), descriptors, file.Metadata))
+                {
                     foreach (SafeTensorInfo info in file.Tensors)
                     {
                         if (outputs.TryGetValue(info.Name, out TargetOutput? output))
                         {
-                            descriptors.AddRange(output.BackboneEntries.Select(e => e.Descriptor));
-                            layers.Add(output.Report);
-                            adapters.Add(output.Adapter);
+                            foreach (SafeTensorEntry entry in output.BackboneEntries)
+                            {
+                                writer.WriteTensor(entry.Name, entry.Data.Span);
+                            }
                         }
                         else
                         {
-                            descriptors.Add(new SafeTensorDescriptor(info.Name, info.DType, info.Shape));
+                            writer.WriteTensorFrom(file, info.Name);
                         }
                     }
 
-                    using (SafeTensorsWriter writer = SafeTensorsWriter.Create(Path.Combine(staging.Path, shard), descriptors, file.Metadata))
-                    {
-                        foreach (SafeTensorInfo info in file.Tensors)
-                        {
-                            if (outputs.TryGetValue(info.Name, out TargetOutput? output))
-                            {
-                                foreach (SafeTensorEntry entry in output.BackboneEntries)
-                                {
-                                    writer.WriteTensor(entry.Name, entry.Data.Span);
-                                }
-                            }
-                            else
-                            {
-                                writer.WriteTensorFrom(file, info.Name);
-                            }
-                        }
-
-                        writer.Commit();
-                    }
-
-                    foreach (SafeTensorDescriptor d in descriptors)
-                    {
-                        weightMap[d.Name] = shard;
-                        totalBytes += d.ByteLength;
-                    }
-
-                    progress?.Report(new LoftQProgress(LoftQProgressKind.ShardWritten, done, targets.Count, Message: shard));
+                    writer.Commit();
                 }
 
-                cancellationToken.ThrowIfCancellationRequested();
-                if (checkpoint.IsSharded)
+                foreach (SafeTensorDescriptor d in descriptors)
                 {
-                    WriteIndex(staging.Path, checkpoint, weightMap, totalBytes);
+                    weightMap[d.Name] = shard;
+                    totalBytes += d.ByteLength;
                 }
 
-                CopyOtherFiles(modelDirectory, staging.Path, checkpoint.Config, options);
-                WriteAdapter(staging.Path, modelDirectory, options, adapters, fanInFanOut);
-                var report = new LoftQReport
-                {
-                    Model = Path.GetFullPath(modelDirectory),
-                    Output = staging.Target,
-                    Settings = plan.DescribeSettings(),
-                    Layers = layers,
-                    Seconds = clock.Elapsed.TotalSeconds,
-                    Warnings = warnings,
-                };
-                AtomicFile.WriteAllText(Path.Combine(staging.Path, "loftq_report.json"), report.ToJson());
-                cancellationToken.ThrowIfCancellationRequested();
-                staging.Commit();
-                progress?.Report(new LoftQProgress(LoftQProgressKind.Completed, done, targets.Count, Message: staging.Target));
-                return report with { Seconds = clock.Elapsed.TotalSeconds };
+                progress?.Report(new LoftQProgress(LoftQProgressKind.ShardWritten, done, targets.Count, Message: shard));
             }
-            finally
+
+            cancellationToken.ThrowIfCancellationRequested();
+            if (checkpoint.IsSharded)
             {
-                foreach (LoraTensors adapter in adapters)
-                {
-                    adapter.A.Dispose();
-                    adapter.B.Dispose();
-                }
+                WriteIndex(staging.Path, checkpoint, weightMap, totalBytes);
             }
+
+            CopyOtherFiles(modelDirectory, staging.Path, checkpoint.Config, options);
+            WriteAdapter(staging.Path, modelDirectory, options, adapters, fanInFanOut);
+            var report = new LoftQReport
+            {
+                Model = Path.GetFullPath(modelDirectory),
+                Output = staging.Target,
+                Settings = plan.DescribeSettings(),
+                Layers = layers,
+                Seconds = clock.Elapsed.TotalSeconds,
+                Warnings = warnings,
+            };
+            AtomicFile.WriteAllText(Path.Combine(staging.Path, "loftq_report.json"), report.ToJson());
+            cancellationToken.ThrowIfCancellationRequested();
+            staging.Commit();
+            progress?.Report(new LoftQProgress(LoftQProgressKind.Completed, done, targets.Count, Message: staging.Target));
+            return report with { Seconds = clock.Elapsed.TotalSeconds };
         }
         finally
         {
-            ComputeSettings.MaxThreads = previousThreads;
+            foreach (LoraTensors adapter in adapters)
+            {
+                adapter.A.Dispose();
+                adapter.B.Dispose();
+            }
         }
     }
 

@@ -142,7 +142,7 @@ public sealed class LoftQPlan
             Seed = o.Seed,
             Format = o.Format == OutputFormat.BitsAndBytesNf4 ? "bnb-nf4" : "peft",
             DoubleQuant = o.DoubleQuant,
-            Threads = o.Threads ?? ComputeSettings.MaxThreads,
+            Threads = o.Threads ?? ComputeSettings.EffectiveMaxThreads,
         };
     }
 }

@@ -111,12 +111,15 @@ public class RandomizedSvdSolverTests
     public void DeterministicForSeedAndThreadCount()
     {
         using Matrix mat = Matrix.RandomNormal(200, 150, 8);
-        int saved = ComputeSettings.MaxThreads;
+        // Per-call thread counts (ComputeSettings.UseThreads): the process-wide setting is never changed.
+        ComputeSettings.ThreadScope threadScope = default;
         try
         {
-            ComputeSettings.MaxThreads = 1;
+            threadScope.Dispose();
+            threadScope = ComputeSettings.UseThreads(1);
             using LowRankFactors one = new RandomizedSvdSolver(seed: 5).Decompose(mat, 10);
-            ComputeSettings.MaxThreads = 4;
+            threadScope.Dispose();
+            threadScope = ComputeSettings.UseThreads(4);
             using LowRankFactors four = new RandomizedSvdSolver(seed: 5).Decompose(mat, 10);
             using LowRankFactors other = new RandomizedSvdSolver(seed: 6).Decompose(mat, 10);
             Assert.Equal(one.A.Span.ToArray(), four.A.Span.ToArray());
@@ -125,7 +128,7 @@ public class RandomizedSvdSolverTests
         }
         finally
         {
-            ComputeSettings.MaxThreads = saved;
+            threadScope.Dispose();
         }
     }
 

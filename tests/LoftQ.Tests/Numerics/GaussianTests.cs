@@ -24,17 +24,20 @@ public class GaussianTests
     public void FillDoesNotDependOnThreads()
     {
         float[] one = new float[200_000], four = new float[200_000];
-        int saved = ComputeSettings.MaxThreads;
+        // Per-call thread counts (ComputeSettings.UseThreads): the process-wide setting is never changed.
+        ComputeSettings.ThreadScope threadScope = default;
         try
         {
-            ComputeSettings.MaxThreads = 1;
+            threadScope.Dispose();
+            threadScope = ComputeSettings.UseThreads(1);
             Gaussian.Fill(one, 5);
-            ComputeSettings.MaxThreads = 4;
+            threadScope.Dispose();
+            threadScope = ComputeSettings.UseThreads(4);
             Gaussian.Fill(four, 5);
         }
         finally
         {
-            ComputeSettings.MaxThreads = saved;
+            threadScope.Dispose();
         }
 
         Assert.Equal(one, four);

@@ -74,7 +74,8 @@ public class GemmTests
     [Trait("Category", "Slow")]
     public void ResultIsBitIdenticalForAnyThreadCount()
     {
-        int saved = ComputeSettings.MaxThreads;
+        // Per-call thread counts (ComputeSettings.UseThreads): the process-wide setting is never changed.
+        ComputeSettings.ThreadScope threadScope = default;
         try
         {
             foreach ((int m, int n, int k, Transpose ta) in new[] { (700, 333, 600, Transpose.No), (40, 2000, 900, Transpose.Yes), (1500, 72, 520, Transpose.No) })
@@ -84,7 +85,8 @@ public class GemmTests
                 float[]? expected = null;
                 foreach (int threads in new[] { 1, 2, 3, 4 })
                 {
-                    ComputeSettings.MaxThreads = threads;
+                    threadScope.Dispose();
+                    threadScope = ComputeSettings.UseThreads(threads);
                     float[] c = (float[])c0.Clone();
                     Gemm.Multiply(ta, Transpose.No, m, n, k, -1f, a, lda, b, n, 1f, c, n);
                     if (expected is null)
@@ -100,7 +102,7 @@ public class GemmTests
         }
         finally
         {
-            ComputeSettings.MaxThreads = saved;
+            threadScope.Dispose();
         }
     }
 

@@ -147,20 +147,23 @@ public class QrTests
     {
         const int rows = 96, cols = 3000;
         float[] a0 = GemmTests.Random(rows * cols, 4);
-        int saved = ComputeSettings.MaxThreads;
+        // Per-call thread counts (ComputeSettings.UseThreads): the process-wide setting is never changed.
+        ComputeSettings.ThreadScope threadScope = default;
         try
         {
-            ComputeSettings.MaxThreads = 1;
+            threadScope.Dispose();
+            threadScope = ComputeSettings.UseThreads(1);
             float[] one = (float[])a0.Clone();
             Qr.OrthonormalizeRows(one, rows, cols);
-            ComputeSettings.MaxThreads = 3;
+            threadScope.Dispose();
+            threadScope = ComputeSettings.UseThreads(3);
             float[] three = (float[])a0.Clone();
             Qr.OrthonormalizeRows(three, rows, cols);
             Assert.Equal(one, three);
         }
         finally
         {
-            ComputeSettings.MaxThreads = saved;
+            threadScope.Dispose();
         }
     }
 

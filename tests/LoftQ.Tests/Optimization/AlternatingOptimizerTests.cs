@@ -118,12 +118,15 @@ public class AlternatingOptimizerTests
     {
         var optimizer = new AlternatingOptimizer(new NormalFloatQuantizer(2), new RandomizedSvdSolver(seed: 9)) { Seed = 4 };
         Matrix[] weights = Enumerable.Range(0, 4).Select(i => Matrix.RandomNormal(128, 96 + (16 * i), 40 + i)).ToArray();
-        int saved = ComputeSettings.MaxThreads;
+        // Per-call thread counts (ComputeSettings.UseThreads): the process-wide setting is never changed.
+        ComputeSettings.ThreadScope threadScope = default;
         try
         {
-            ComputeSettings.MaxThreads = 1;
+            threadScope.Dispose();
+            threadScope = ComputeSettings.UseThreads(1);
             LoftQResult[] serial = weights.Select(w => optimizer.Run(w, 8, 3)).ToArray();
-            ComputeSettings.MaxThreads = 3;
+            threadScope.Dispose();
+            threadScope = ComputeSettings.UseThreads(3);
             var parallel = new LoftQResult[weights.Length];
             Parallel.For(0, weights.Length, i =>
             {
@@ -145,7 +148,7 @@ public class AlternatingOptimizerTests
         }
         finally
         {
-            ComputeSettings.MaxThreads = saved;
+            threadScope.Dispose();
             foreach (Matrix w in weights)
             {
                 w.Dispose();

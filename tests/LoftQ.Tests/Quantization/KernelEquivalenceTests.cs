@@ -325,19 +325,22 @@ public class KernelEquivalenceTests
     public void ResultsDoNotDependOnTheThreadCount()
     {
         using Matrix w = Matrix.RandomNormal(700, 1000, seed: 13);
-        int saved = ComputeSettings.MaxThreads;
+        // Per-call thread counts (ComputeSettings.UseThreads): the process-wide setting is never changed.
+        ComputeSettings.ThreadScope threadScope = default;
         try
         {
             foreach (IQuantizer q in new IQuantizer[] { new NormalFloatQuantizer(4), new NormalFloatQuantizer(3), new UniformQuantizer(5, 37, true) })
             {
-                ComputeSettings.MaxThreads = 1;
+                threadScope.Dispose();
+                threadScope = ComputeSettings.UseThreads(1);
                 var d1 = new float[w.Length];
                 QuantizedTensor t1 = q.QuantizeDequantize(w.Span, w.Shape, d1);
                 var g1 = new float[w.Length];
                 t1.Dequantize(g1);
                 foreach (int threads in new[] { 2, 3, 8 })
                 {
-                    ComputeSettings.MaxThreads = threads;
+                    threadScope.Dispose();
+                    threadScope = ComputeSettings.UseThreads(threads);
                     var dn = new float[w.Length];
                     AssertIdentical(t1, q.QuantizeDequantize(w.Span, w.Shape, dn));
                     AssertBitsEqual(d1, dn, $"{q.Name} {threads} threads");
@@ -349,7 +352,7 @@ public class KernelEquivalenceTests
         }
         finally
         {
-            ComputeSettings.MaxThreads = saved;
+            threadScope.Dispose();
         }
     }
 

@@ -162,16 +162,18 @@ public class NormalFloatQuantizerTests
         using Matrix w = Matrix.RandomNormal(512, 512, seed: 4);
         w.Span[200_000] = float.NaN;
         w.Span[3] = float.PositiveInfinity;
-        int saved = ComputeSettings.MaxThreads;
+        // Per-call thread counts (ComputeSettings.UseThreads): the process-wide setting is never changed.
+        ComputeSettings.ThreadScope threadScope = default;
         try
         {
-            ComputeSettings.MaxThreads = 4;
+            threadScope.Dispose();
+            threadScope = ComputeSettings.UseThreads(4);
             var e = Assert.Throws<ArgumentException>(() => new NormalFloatQuantizer(4).Quantize(w.Span, w.Shape));
             Assert.Contains("index 3 ", e.Message);
         }
         finally
         {
-            ComputeSettings.MaxThreads = saved;
+            threadScope.Dispose();
         }
     }
 
