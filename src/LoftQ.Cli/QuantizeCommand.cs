@@ -20,7 +20,7 @@ internal static class QuantizeCommand
         var rank = new Option<int>("--rank", "-r") { Description = "LoRA rank r.", DefaultValueFactory = _ => 16 };
         var iters = new Option<int>("--iters", "-t") { Description = "Alternating passes T (0 = QLoRA baseline, B = 0).", DefaultValueFactory = _ => 5 };
         var blockSize = new Option<int>("--block-size") { Description = "Values per quantization block.", DefaultValueFactory = _ => 64 };
-        var solver = new Option<string>("--solver") { Description = "Low-rank solver: randomized (fast, warm-started) or exact (full SVD).", DefaultValueFactory = _ => "randomized" };
+        var solver = new Option<string>("--solver") { Description = "Low-rank solver: randomized (fast, warm-started) or exact (a full SVD of every target: much slower, e.g. 91 s instead of 5 s on the bundled model).", DefaultValueFactory = _ => "randomized" };
         solver.AcceptOnlyFromAmong("randomized", "exact");
         var alpha = new Option<int?>("--alpha") { Description = "lora_alpha written to the adapter (default: r). B is scaled so Q + (alpha/r)·B·A is unchanged." };
         var seed = new Option<int>("--seed") { Description = "Seed for the randomized solver and the QLoRA initialisation.", DefaultValueFactory = _ => 0 };
@@ -61,6 +61,11 @@ internal static class QuantizeCommand
                 Threads = parse.GetValue(threads),
                 Overwrite = parse.GetValue(overwrite),
             };
+            if (options.Solver == SolverKind.Exact)
+            {
+                stderr.WriteLine("note: --solver exact computes a full SVD of every target; it is much slower than the default randomized solver (91 s instead of 5 s on the bundled model) for errors within 0.5%.");
+            }
+
             return Execute(parse.GetValue(model)!, parse.GetValue(output)!, options, parse.GetValue(json), stdout, stderr, interactive);
         }));
         return command;

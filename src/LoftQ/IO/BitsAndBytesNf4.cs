@@ -23,7 +23,7 @@ public static class BitsAndBytesNf4
     /// <summary>The block size of the nested (double) quantization of absmax values.</summary>
     public const int NestedBlockSize = 256;
 
-    private const string QuantStateSuffix = ".quant_state.bitsandbytes__nf4";
+    internal const string QuantStateSuffix = ".quant_state.bitsandbytes__nf4";
 
     private static readonly float[] s_dynamicMap = CreateSignedDynamicMap();
 

@@ -27,7 +27,7 @@ internal static partial class ConfigConsistency
         {
             if (name.EndsWith("embed_tokens.weight", StringComparison.Ordinal) || name.EndsWith(".wte.weight", StringComparison.Ordinal))
             {
-                long[] shape = checkpoint.GetInfo(name).Shape;
+                long[] shape = checkpoint.LogicalShape(name);
                 if (shape.Length == 2 && shape[1] != c.HiddenSize)
                 {
                     throw Mismatch(c, $"{hiddenKey} is {c.HiddenSize}, but the embedding '{name}' has shape {Shape(shape)} (width {shape[1]})");
@@ -90,7 +90,7 @@ internal static partial class ConfigConsistency
                 continue;
             }
 
-            long[] shape = checkpoint.GetInfo(name).Shape;
+            long[] shape = checkpoint.LogicalShape(name);
             if (shape.Length != 2)
             {
                 continue; // reported by target selection when it is a target

@@ -1,5 +1,7 @@
 using System.Text.Json;
 
+using LoftQNet.Quantization;
+
 namespace LoftQNet.IO;
 
 /// <summary>
@@ -175,6 +177,41 @@ public sealed class HuggingFaceCheckpoint : IDisposable
 
     /// <summary>Reads <paramref name="tensor"/> converted to float (see <see cref="SafeTensorsFile.ReadAsSingle(string)"/>).</summary>
     public float[] ReadAsSingle(string tensor) => OpenShard(ShardOf(tensor)).ReadAsSingle(tensor);
+
+    /// <summary>Whether <paramref name="tensor"/> is stored as a bitsandbytes NF4 weight (packed U8 codes with a quant state beside them).</summary>
+    internal bool IsNf4(string tensor) => Contains(tensor + BitsAndBytesNf4.QuantStateSuffix);
+
+    /// <summary>The shape the model sees: a bitsandbytes NF4 weight's original shape (from its quant state), otherwise the stored one.</summary>
+    internal long[] LogicalShape(string tensor)
+    {
+        if (!IsNf4(tensor))
+        {
+            return GetInfo(tensor).Shape;
+        }
+
+        QuantizedTensor nf4 = BitsAndBytesNf4.ReadNf4(OpenShard(ShardOf(tensor)), tensor);
+        long[] shape = new long[nf4.Shape.Rank];
+        for (int i = 0; i < shape.Length; i++)
+        {
+            shape[i] = nf4.Shape[i];
+        }
+
+        return shape;
+    }
+
+    /// <summary>The tensor's values as float32; a bitsandbytes NF4 weight is dequantized (code book value × block absmax).</summary>
+    internal float[] ReadDequantized(string tensor)
+    {
+        if (!IsNf4(tensor))
+        {
+            return ReadAsSingle(tensor);
+        }
+
+        QuantizedTensor nf4 = BitsAndBytesNf4.ReadNf4(OpenShard(ShardOf(tensor)), tensor);
+        var values = new float[nf4.Shape.ElementCount];
+        nf4.Dequantize(values);
+        return values;
+    }
 
     /// <summary>The opened shard <paramref name="shard"/> (owned by the checkpoint: do not dispose it).</summary>
     /// <exception cref="KeyNotFoundException">No such shard.</exception>

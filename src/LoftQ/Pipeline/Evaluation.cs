@@ -12,7 +12,8 @@ public sealed record EvaluationResult(double BitsPerByte, int Windows, long Pred
 
 /// <summary>
 /// Scores a byte-level LLaMA-family checkpoint (optionally with a PEFT LoRA adapter merged in) by its
-/// next-byte cross-entropy on a text, the way the fixture's reference number was measured.
+/// next-byte cross-entropy on a text, the way the fixture's reference number was measured. Weights stored as
+/// bitsandbytes NF4 (a <c>--format bnb-nf4</c> output) are dequantized first.
 /// </summary>
 public static class Evaluation
 {
@@ -81,7 +82,7 @@ public static class Evaluation
         Dictionary<string, (float[] A, float[] B, int Rank, float Scale)> deltas = adapterDirectory is null ? [] : ReadAdapter(adapterDirectory);
         var model = new LlamaModel(config, name =>
         {
-            float[] w = checkpoint.ReadAsSingle(name);
+            float[] w = checkpoint.ReadDequantized(name); // bitsandbytes NF4 outputs (--format bnb-nf4) are dequantized
             CheckFinite(w, $"Tensor '{name}' of '{modelDirectory}'");
             string module = name.EndsWith(".weight", StringComparison.Ordinal) ? name[..^7] : name;
             if (deltas.TryGetValue(module, out var d))

@@ -47,6 +47,18 @@ public sealed class CliTests
         Assert.Contains("[8/8]", stderr, StringComparison.Ordinal);
     }
 
+    [Fact]
+    public void The_exact_solver_warns_that_it_is_slow()
+    {
+        using var dir = new TempDirectory();
+        (int code, _, string stderr) = Run("quantize", TestData.Model, "--out", dir.Combine("out"), "--bits", "4", "--rank", "4", "--iters", "1", "--targets", "k_proj", "--solver", "exact", "--json");
+        Assert.True(code == 0, stderr);
+        Assert.Contains("note: --solver exact computes a full SVD of every target", stderr, StringComparison.Ordinal);
+        (code, _, stderr) = Run("quantize", TestData.Model, "--out", dir.Combine("out2"), "--bits", "4", "--rank", "4", "--iters", "1", "--targets", "k_proj", "--json");
+        Assert.True(code == 0, stderr);
+        Assert.DoesNotContain("--solver exact", stderr, StringComparison.Ordinal);
+    }
+
     [Theory]
     [InlineData("--rank", "0", "--rank")]
     [InlineData("--bits", "5", "--bits 5")]
