@@ -35,7 +35,7 @@ public enum SafeTensorDType
 }
 
 /// <summary>Helpers for <see cref="SafeTensorDType"/>.</summary>
-public static class SafeTensorDTypeExtensions
+internal static class SafeTensorDTypeExtensions
 {
     /// <summary>Bytes per element.</summary>
     public static int ElementSize(this SafeTensorDType dtype) => dtype switch

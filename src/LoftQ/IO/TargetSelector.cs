@@ -16,7 +16,7 @@ namespace LoftQNet.IO;
 /// prefix is stripped.</item>
 /// </list>
 /// </remarks>
-public static class TargetSelector
+internal static class TargetSelector
 {
     /// <summary>
     /// The names of the weight tensors selected by <paramref name="targets"/> (default:

@@ -48,10 +48,10 @@ public static class ComputeSettings
     }
 
     /// <summary>Whether the calling thread is inside a serial region (kernels then run on it alone).</summary>
-    public static bool IsSerialRegion => t_serialDepth > 0;
+    internal static bool IsSerialRegion => t_serialDepth > 0;
 
     /// <summary>Makes kernels called on this thread single-threaded until the returned scope is disposed.</summary>
-    public static SerialRegion EnterSerialRegion()
+    internal static SerialRegion EnterSerialRegion()
     {
         t_serialDepth++;
         return default;
@@ -124,7 +124,7 @@ public static class ComputeSettings
     }
 
     /// <summary>A scope returned by <see cref="EnterSerialRegion"/>; dispose it to leave the region.</summary>
-    public readonly struct SerialRegion : IDisposable
+    internal readonly struct SerialRegion : IDisposable
     {
         /// <summary>Leaves the serial region.</summary>
         public void Dispose() => t_serialDepth--;

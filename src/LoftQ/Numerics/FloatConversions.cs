@@ -10,7 +10,7 @@ namespace LoftQNet.Numerics;
 /// bfloat16 (as its raw <see cref="ushort"/> bit pattern) and IEEE 754 binary16 (<see cref="Half"/>).
 /// Narrowing conversions round to nearest, ties to even; NaN stays NaN (quiet) and ±∞ is preserved.
 /// </summary>
-public static class FloatConversions
+internal static class FloatConversions
 {
     /// <summary>Widens bfloat16 bit patterns to <see cref="float"/> (exact: bfloat16 is the top half of a float).</summary>
     /// <exception cref="ArgumentException">The spans differ in length.</exception>
