@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Packs LoftQ and LoftQ.TorchSharp into a local folder, creates a fresh console app outside the repository that
 # references LoftQ.TorchSharp + TorchSharp-cpu from it (as a NuGet user would), and runs the README's TorchSharp
-# example (samples/TorchSharpQuickstart) on the bundled model. Exits non-zero if any step fails or the adapter is missing.
+# example (samples/TorchSharpQuickstart) on the bundled model; then a second app with only the LoftQ package runs
+# samples/CustomQuantizer (custom quantizers written against the public API alone). Exits non-zero if any step fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -33,4 +34,14 @@ dotnet add package TorchSharp-cpu --version 0.107.0 | tail -2
 dotnet run -c Release -- "$root/tests/data/byte-llama-14m" "$work/adapter"
 test -f "$work/adapter/adapter_model.safetensors"
 test -f "$work/adapter/adapter_config.json"
+
+# The core package alone (no TorchSharp): a user's own quantizers through the public API only (samples/CustomQuantizer).
+mkdir "$work/core-app"
+cd "$work/core-app"
+dotnet new console --force >/dev/null
+cp "$work/app/nuget.config" nuget.config
+cp "$root/samples/CustomQuantizer/Program.cs" Program.cs
+dotnet add package LoftQ --version "$version" | tail -2
+dotnet run -c Release | tee "$work/core-app.log"
+grep -q "custom quantizers: ok" "$work/core-app.log"
 echo "package smoke test: ok"

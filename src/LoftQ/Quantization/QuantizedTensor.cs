@@ -68,6 +68,47 @@ public sealed class QuantizedTensor
         _codeBook = codeBook;
     }
 
+    /// <summary>
+    /// Builds a quantized tensor from one code per value (the bit packing is done here): the building block of a
+    /// custom <see cref="IQuantizer"/> with its own scaling rule. The arrays are taken, not copied.
+    /// </summary>
+    /// <param name="shape">The logical shape; <paramref name="codes"/> holds shape.ElementCount codes, row-major.</param>
+    /// <param name="bits">Bits per code, 1..8; every code must be below 2^bits.</param>
+    /// <param name="blockSize">Values per scale.</param>
+    /// <param name="codes">One code per value.</param>
+    /// <param name="scales">One scale per block.</param>
+    /// <param name="codeBook">The 2^bits levels the codes index.</param>
+    /// <param name="quantizerName">Your quantizer's name (reports and file metadata).</param>
+    /// <param name="offsets">One offset per block, or null.</param>
+    /// <exception cref="ArgumentException">A length does not match, or a code is 2^bits or more (the message names its index).</exception>
+    public static QuantizedTensor FromCodes(
+        TensorShape shape, int bits, int blockSize, ReadOnlySpan<byte> codes, float[] scales, float[] codeBook,
+        string quantizerName, float[]? offsets = null)
+    {
+        if (bits is < 1 or > 8)
+        {
+            throw new ArgumentOutOfRangeException(nameof(bits), $"Bits must be in 1..8, got {bits}.");
+        }
+
+        if (codes.Length != shape.ElementCount)
+        {
+            throw new ArgumentException($"Shape {shape} has {shape.ElementCount} values but {codes.Length} codes were given.", nameof(codes));
+        }
+
+        int limit = 1 << bits;
+        for (int i = 0; i < codes.Length; i++)
+        {
+            if (codes[i] >= limit)
+            {
+                throw new ArgumentException($"Code {codes[i]} at index {i} does not fit in {bits} bits.", nameof(codes));
+            }
+        }
+
+        var packed = new byte[BitPacking.PackedLength(codes.Length, bits)];
+        BitPacking.Pack(codes, bits, packed);
+        return new QuantizedTensor(shape, bits, blockSize, packed, scales, codeBook, quantizerName, offsets);
+    }
+
     /// <summary>The logical shape of the tensor.</summary>
     public TensorShape Shape { get; }
 
