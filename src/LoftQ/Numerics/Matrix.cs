@@ -5,16 +5,23 @@ using System.Runtime.CompilerServices;
 namespace LoftQNet.Numerics;
 
 /// <summary>
-/// A dense row-major matrix of <see cref="float"/> whose storage is rented from a shared pool.
-/// Dispose it to return the memory; a disposed matrix throws on every access.
+/// A dense row-major matrix of <see cref="float"/>. Small matrices rent their storage from a shared pool; large ones
+/// (a weight matrix) allocate it natively and give it back to the operating system on <see cref="Dispose"/>, so a
+/// long run's memory does not grow with the number of matrices it has handled. Dispose it; a disposed matrix throws
+/// on every access (and one never disposed is freed by the garbage collector's finalizer).
 /// </summary>
 /// <remarks>
 /// Element (r, c) lives at <c>Span[r * Columns + c]</c>. The type is not thread-safe for writes, but
 /// any number of threads may read it, or write disjoint rows, at once.
 /// </remarks>
-public sealed class Matrix : IDisposable
+public sealed unsafe class Matrix : IDisposable
 {
+    /// <summary>Matrices of more elements than this (4 MiB) live in native memory, not the pool: the shared pool keeps
+    /// returned arrays for reuse (rounded up to a power of two), which made a 7B-shaped run hold gigabytes of them.</summary>
+    internal const int NativeThreshold = 1 << 20;
+
     private float[]? _buffer;
+    private nint _native;
 
     private Matrix(int rows, int columns, bool clear)
     {
@@ -28,7 +35,16 @@ public sealed class Matrix : IDisposable
 
         Rows = rows;
         Columns = columns;
-        _buffer = length == 0 ? [] : ArrayPool<float>.Shared.Rent((int)length);
+        if (length > NativeThreshold)
+        {
+            _native = (nint)System.Runtime.InteropServices.NativeMemory.AlignedAlloc((nuint)length * sizeof(float), 64);
+        }
+        else
+        {
+            _buffer = length == 0 ? [] : ArrayPool<float>.Shared.Rent((int)length);
+            GC.SuppressFinalize(this);
+        }
+
         if (clear)
         {
             Span.Clear();
@@ -45,12 +61,12 @@ public sealed class Matrix : IDisposable
     public int Length => Rows * Columns;
 
     /// <summary>All elements, row-major.</summary>
-    public Span<float> Span => Buffer.AsSpan(0, Length);
+    public Span<float> Span => _native != 0 ? new Span<float>((void*)_native, Length) : Buffer.AsSpan(0, Length);
 
     /// <summary>The shape as a two-dimensional <see cref="TensorShape"/>.</summary>
     public TensorShape Shape => new(Rows, Columns);
 
-    internal float[] Buffer => _buffer ?? throw new ObjectDisposedException(nameof(Matrix));
+    private float[] Buffer => _buffer ?? throw new ObjectDisposedException(nameof(Matrix));
 
     /// <summary>Gets or sets element (row, column).</summary>
     public float this[int row, int column]
@@ -58,12 +74,12 @@ public sealed class Matrix : IDisposable
         get
         {
             CheckIndex(row, column);
-            return Buffer[(row * Columns) + column];
+            return Span[(row * Columns) + column];
         }
         set
         {
             CheckIndex(row, column);
-            Buffer[(row * Columns) + column] = value;
+            Span[(row * Columns) + column] = value;
         }
     }
 
@@ -103,7 +119,7 @@ public sealed class Matrix : IDisposable
             throw new ArgumentOutOfRangeException(nameof(row), $"Row {row} is outside [0, {Rows}).");
         }
 
-        return Buffer.AsSpan(row * Columns, Columns);
+        return Span.Slice(row * Columns, Columns);
     }
 
     /// <summary>A deep copy on freshly rented memory.</summary>
@@ -152,9 +168,25 @@ public sealed class Matrix : IDisposable
         return r;
     }
 
-    /// <summary>Returns the rented memory to the pool. Idempotent.</summary>
+    /// <summary>Returns the memory (to the pool, or to the operating system). Idempotent.</summary>
     public void Dispose()
     {
+        Free();
+        GC.SuppressFinalize(this);
+    }
+
+    /// <summary>Frees the native storage of a matrix that was never disposed.</summary>
+    ~Matrix() => Free();
+
+    private void Free()
+    {
+        nint native = Interlocked.Exchange(ref _native, 0);
+        if (native != 0)
+        {
+            System.Runtime.InteropServices.NativeMemory.AlignedFree((void*)native);
+            return;
+        }
+
         float[]? buffer = Interlocked.Exchange(ref _buffer, null);
         if (buffer is { Length: > 0 })
         {

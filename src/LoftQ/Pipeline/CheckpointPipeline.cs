@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Collections.Concurrent;
 using System.Diagnostics;
 using System.Globalization;
@@ -72,22 +73,25 @@ internal static class CheckpointPipeline
                 cancellationToken.ThrowIfCancellationRequested();
                 SafeTensorsFile file = checkpoint.OpenShard(shard);
                 List<SafeTensorInfo> shardTargets = file.Tensors.Where(t => targetSet.Contains(t.Name)).ToList();
-                Dictionary<string, TargetOutput> outputs = ProcessTargets(
-                    file, shardTargets, plan, fanInFanOut, cancellationToken,
+
+                // Each finished target's new tensors are parked in a spill file in the staging folder at once, so
+                // memory holds the targets being computed, not the whole shard's output (a 7B model's shard holds
+                // gigabytes of them). The shard is then written from the input and the spill, 1 MiB at a time.
+                using var spill = new BackboneSpill(Path.Combine(staging.Path, ".backbone-spill"));
+                Dictionary<string, SpilledTarget> outputs = ProcessTargets(
+                    file, shardTargets, plan, fanInFanOut, spill, cancellationToken,
                     output =>
                     {
                         int completed = Interlocked.Increment(ref done);
                         progress?.Report(new LoftQProgress(LoftQProgressKind.LayerCompleted, completed, targets.Count, output.Report));
                     });
 
-                // Stream the shard: copied tensors go from the input to the output 1 MiB at a time, so
-                // only the new target tensors of this shard are held in memory.
                 var descriptors = new List<SafeTensorDescriptor>(file.Tensors.Count);
                 foreach (SafeTensorInfo info in file.Tensors)
                 {
-                    if (outputs.TryGetValue(info.Name, out TargetOutput? output))
+                    if (outputs.TryGetValue(info.Name, out SpilledTarget? output))
                     {
-                        descriptors.AddRange(output.BackboneEntries.Select(e => e.Descriptor));
+                        descriptors.AddRange(spill.Descriptors(info.Name));
                         layers.Add(output.Report);
                         adapters.Add(output.Adapter);
                     }
@@ -101,12 +105,9 @@ internal static class CheckpointPipeline
                 {
                     foreach (SafeTensorInfo info in file.Tensors)
                     {
-                        if (outputs.TryGetValue(info.Name, out TargetOutput? output))
+                        if (outputs.ContainsKey(info.Name))
                         {
-                            foreach (SafeTensorEntry entry in output.BackboneEntries)
-                            {
-                                writer.WriteTensor(entry.Name, entry.Data.Span);
-                            }
+                            spill.CopyTo(info.Name, writer);
                         }
                         else
                         {
@@ -311,11 +312,11 @@ internal static class CheckpointPipeline
         }
     }
 
-    private static Dictionary<string, TargetOutput> ProcessTargets(
+    private static Dictionary<string, SpilledTarget> ProcessTargets(
         SafeTensorsFile file, List<SafeTensorInfo> targets, LoftQPlan plan,
-        bool fanInFanOut, CancellationToken cancellationToken, Action<TargetOutput> completed)
+        bool fanInFanOut, BackboneSpill spill, CancellationToken cancellationToken, Action<SpilledTarget> completed)
     {
-        var outputs = new ConcurrentDictionary<string, TargetOutput>(StringComparer.Ordinal);
+        var outputs = new ConcurrentDictionary<string, SpilledTarget>(StringComparer.Ordinal);
         long largest = targets.Count == 0 ? 0 : targets.Max(t => t.ElementCount);
         int threads = largest <= LayerParallelMaxElements ? ComputeSettings.ThreadsFor(targets.Count, 1) : 1;
         try
@@ -344,8 +345,10 @@ internal static class CheckpointPipeline
                 throw new NotFiniteNumberException($"{ExplainHugeWeight(file, targets[i])}{e.Message} (input '{file.Path}')", e.OffendingNumber, e);
             }
 
-                outputs[targets[i].Name] = output;
-                completed(output);
+                spill.Add(targets[i].Name, output.BackboneEntries);
+                var spilled = new SpilledTarget(output.Adapter, output.Report);
+                outputs[targets[i].Name] = spilled;
+                completed(spilled);
             });
         }
         catch (AggregateException e)
@@ -354,7 +357,7 @@ internal static class CheckpointPipeline
             System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(e.Flatten().InnerExceptions[0]).Throw();
             throw;
         }
-        return new Dictionary<string, TargetOutput>(outputs, StringComparer.Ordinal);
+        return new Dictionary<string, SpilledTarget>(outputs, StringComparer.Ordinal);
     }
 
     /// <summary>
@@ -478,4 +481,89 @@ internal static class CheckpointPipeline
     }
 
     private sealed record TargetOutput(List<SafeTensorEntry> BackboneEntries, LoraTensors Adapter, LayerReport Report);
+
+    /// <summary>A finished target whose backbone tensors are in the shard's <see cref="BackboneSpill"/>.</summary>
+    private sealed record SpilledTarget(LoraTensors Adapter, LayerReport Report);
+
+    /// <summary>
+    /// A shard's new backbone tensors, parked on disk (in the staging folder, deleted on close) from the moment each
+    /// target finishes until the shard is written, so that peak memory does not grow with the shard's size.
+    /// </summary>
+    private sealed class BackboneSpill : IDisposable
+    {
+        private const int ChunkBytes = 1 << 20;
+        private readonly Microsoft.Win32.SafeHandles.SafeFileHandle _handle;
+        private readonly string _path;
+        private readonly Dictionary<string, List<(SafeTensorDescriptor Descriptor, long Offset)>> _entries = new(StringComparer.Ordinal);
+        private readonly Lock _gate = new();
+        private long _length;
+
+        public BackboneSpill(string path)
+        {
+            _path = path;
+            _handle = File.OpenHandle(path, FileMode.CreateNew, FileAccess.ReadWrite, FileShare.None, FileOptions.DeleteOnClose);
+        }
+
+        /// <summary>Appends a target's tensors (any thread).</summary>
+        public void Add(string target, List<SafeTensorEntry> entries)
+        {
+            lock (_gate)
+            {
+                var placed = new List<(SafeTensorDescriptor, long)>(entries.Count);
+                foreach (SafeTensorEntry e in entries)
+                {
+                    RandomAccess.Write(_handle, e.Data.Span, _length);
+                    placed.Add((e.Descriptor, _length));
+                    _length += e.Data.Length;
+                }
+
+                _entries[target] = placed;
+            }
+        }
+
+        public IEnumerable<SafeTensorDescriptor> Descriptors(string target) => _entries[target].Select(e => e.Descriptor);
+
+        /// <summary>Writes a target's tensors, in order, as the writer's next tensors.</summary>
+        public void CopyTo(string target, SafeTensorsWriter writer)
+        {
+            byte[] buffer = ArrayPool<byte>.Shared.Rent(ChunkBytes);
+            try
+            {
+                foreach ((SafeTensorDescriptor d, long offset) in _entries[target])
+                {
+                    if (writer.NextTensor?.Name != d.Name)
+                    {
+                        throw new InvalidOperationException($"The shard writer expects '{writer.NextTensor?.Name}', not '{d.Name}'.");
+                    }
+
+                    long left = d.ByteLength;
+                    long at = offset;
+                    if (left == 0)
+                    {
+                        writer.WriteTensor(d.Name, []);
+                    }
+
+                    while (left > 0)
+                    {
+                        int n = (int)Math.Min(left, ChunkBytes);
+                        int read = RandomAccess.Read(_handle, buffer.AsSpan(0, n), at);
+                        if (read != n)
+                        {
+                            throw new IOException($"The spill file '{_path}' ended early while copying '{d.Name}'.");
+                        }
+
+                        writer.WriteChunk(buffer.AsSpan(0, n));
+                        at += n;
+                        left -= n;
+                    }
+                }
+            }
+            finally
+            {
+                ArrayPool<byte>.Shared.Return(buffer);
+            }
+        }
+
+        public void Dispose() => _handle.Dispose();
+    }
 }
