@@ -6,22 +6,23 @@ namespace LoftQNet.Numerics;
 
 /// <summary>
 /// A dense row-major matrix of <see cref="float"/>. Small matrices rent their storage from a shared pool; large ones
-/// (a weight matrix) allocate it natively and give it back to the operating system on <see cref="Dispose"/>, so a
-/// long run's memory does not grow with the number of matrices it has handled. Dispose it; a disposed matrix throws
-/// on every access (and one never disposed is freed by the garbage collector's finalizer).
+/// (a weight matrix) get their own array, which the garbage collector reclaims. Dispose it; a disposed matrix throws
+/// on every access.
 /// </summary>
 /// <remarks>
 /// Element (r, c) lives at <c>Span[r * Columns + c]</c>. The type is not thread-safe for writes, but
 /// any number of threads may read it, or write disjoint rows, at once.
 /// </remarks>
-public sealed unsafe class Matrix : IDisposable
+public sealed class Matrix : IDisposable
 {
-    /// <summary>Matrices of more elements than this (4 MiB) live in native memory, not the pool: the shared pool keeps
-    /// returned arrays for reuse (rounded up to a power of two), which made a 7B-shaped run hold gigabytes of them.</summary>
-    internal const int NativeThreshold = 1 << 20;
+    /// <summary>
+    /// Matrices of more elements than this (4 MiB) are not pooled. The shared pool keeps returned arrays for reuse,
+    /// rounded up to a power of two, which made a 7B-shaped run hold gigabytes of weight-sized arrays; native memory
+    /// was no better (glibc keeps freed blocks of that size in its arenas).
+    /// </summary>
+    internal const int PoolLimit = 1 << 20;
 
     private float[]? _buffer;
-    private nint _native;
 
     private Matrix(int rows, int columns, bool clear)
     {
@@ -35,16 +36,9 @@ public sealed unsafe class Matrix : IDisposable
 
         Rows = rows;
         Columns = columns;
-        if (length > NativeThreshold)
-        {
-            _native = (nint)System.Runtime.InteropServices.NativeMemory.AlignedAlloc((nuint)length * sizeof(float), 64);
-        }
-        else
-        {
-            _buffer = length == 0 ? [] : ArrayPool<float>.Shared.Rent((int)length);
-            GC.SuppressFinalize(this);
-        }
-
+        _buffer = length == 0 ? []
+            : length > PoolLimit ? GC.AllocateUninitializedArray<float>((int)length)
+            : ArrayPool<float>.Shared.Rent((int)length);
         if (clear)
         {
             Span.Clear();
@@ -61,12 +55,12 @@ public sealed unsafe class Matrix : IDisposable
     public int Length => Rows * Columns;
 
     /// <summary>All elements, row-major.</summary>
-    public Span<float> Span => _native != 0 ? new Span<float>((void*)_native, Length) : Buffer.AsSpan(0, Length);
+    public Span<float> Span => Buffer.AsSpan(0, Length);
 
     /// <summary>The shape as a two-dimensional <see cref="TensorShape"/>.</summary>
     public TensorShape Shape => new(Rows, Columns);
 
-    private float[] Buffer => _buffer ?? throw new ObjectDisposedException(nameof(Matrix));
+    internal float[] Buffer => _buffer ?? throw new ObjectDisposedException(nameof(Matrix));
 
     /// <summary>Gets or sets element (row, column).</summary>
     public float this[int row, int column]
@@ -74,12 +68,12 @@ public sealed unsafe class Matrix : IDisposable
         get
         {
             CheckIndex(row, column);
-            return Span[(row * Columns) + column];
+            return Buffer[(row * Columns) + column];
         }
         set
         {
             CheckIndex(row, column);
-            Span[(row * Columns) + column] = value;
+            Buffer[(row * Columns) + column] = value;
         }
     }
 
@@ -119,7 +113,7 @@ public sealed unsafe class Matrix : IDisposable
             throw new ArgumentOutOfRangeException(nameof(row), $"Row {row} is outside [0, {Rows}).");
         }
 
-        return Span.Slice(row * Columns, Columns);
+        return Buffer.AsSpan(row * Columns, Columns);
     }
 
     /// <summary>A deep copy on freshly rented memory.</summary>
@@ -168,27 +162,11 @@ public sealed unsafe class Matrix : IDisposable
         return r;
     }
 
-    /// <summary>Returns the memory (to the pool, or to the operating system). Idempotent.</summary>
+    /// <summary>Returns pooled memory to the pool (a large matrix's array is left to the garbage collector). Idempotent.</summary>
     public void Dispose()
     {
-        Free();
-        GC.SuppressFinalize(this);
-    }
-
-    /// <summary>Frees the native storage of a matrix that was never disposed.</summary>
-    ~Matrix() => Free();
-
-    private void Free()
-    {
-        nint native = Interlocked.Exchange(ref _native, 0);
-        if (native != 0)
-        {
-            System.Runtime.InteropServices.NativeMemory.AlignedFree((void*)native);
-            return;
-        }
-
         float[]? buffer = Interlocked.Exchange(ref _buffer, null);
-        if (buffer is { Length: > 0 })
+        if (buffer is { Length: > 0 } && buffer.Length <= PoolLimit)
         {
             ArrayPool<float>.Shared.Return(buffer);
         }

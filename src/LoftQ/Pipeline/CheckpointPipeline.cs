@@ -327,7 +327,7 @@ internal static class CheckpointPipeline
                 TargetOutput output;
             try
             {
-                output = ProcessTarget(file, targets[i], plan, fanInFanOut);
+                output = ProcessTarget(file, targets[i], plan, fanInFanOut, spill);
             }
             catch (ArgumentException e)
             {
@@ -345,7 +345,19 @@ internal static class CheckpointPipeline
                 throw new NotFiniteNumberException($"{ExplainHugeWeight(file, targets[i])}{e.Message} (input '{file.Path}')", e.OffendingNumber, e);
             }
 
-                spill.Add(targets[i].Name, output.BackboneEntries);
+                if (output.BackboneEntries.Count > 0)
+                {
+                    spill.Add(targets[i].Name, output.BackboneEntries);
+                }
+
+                if (targets[i].ElementCount > Matrix.PoolLimit)
+                {
+                    // A weight-sized target leaves megabytes of short-lived large-object garbage (codes, scales, the
+                    // best pass's Q); collecting it now keeps peak memory flat instead of letting it pile up for
+                    // hundreds of megabytes until the GC's own budget runs out. Costs milliseconds per target.
+                    GC.Collect();
+                }
+
                 var spilled = new SpilledTarget(output.Adapter, output.Report);
                 outputs[targets[i].Name] = spilled;
                 completed(spilled);
@@ -391,7 +403,7 @@ internal static class CheckpointPipeline
             $"its values are finite but reach {w[at]:R} (element {at}), so LoftQ's float32 arithmetic (residuals, products, norms) overflowed to infinity; weights this large cannot be LoftQ-initialised. Details: ");
     }
 
-    private static TargetOutput ProcessTarget(SafeTensorsFile file, SafeTensorInfo info, LoftQPlan plan, bool fanInFanOut)
+    private static TargetOutput ProcessTarget(SafeTensorsFile file, SafeTensorInfo info, LoftQPlan plan, bool fanInFanOut, BackboneSpill spill)
     {
         LoftQOptions options = plan.Options;
         int rows = (int)info.Shape[0], cols = (int)info.Shape[1];
@@ -413,7 +425,7 @@ internal static class CheckpointPipeline
             using Matrix q = Matrix.Uninitialized(weight.Rows, weight.Columns);
             layer.Quantizer.Dequantize(result.Quantized, q.Span);
             using Matrix? backTransposed = fanInFanOut ? q.Transpose() : null;
-            entries.Add(SafeTensorEntry.FromSingle(info.Name, info.Shape, (backTransposed ?? q).Span, info.DType));
+            spill.AddSingle(info.Name, info.Shape, info.DType, (backTransposed ?? q).Span); // converted chunk by chunk, no tensor-sized copy
         }
 
         string modulePath = info.Name.EndsWith(".weight", StringComparison.Ordinal) ? info.Name[..^".weight".Length] : info.Name;
@@ -518,6 +530,42 @@ internal static class CheckpointPipeline
                 }
 
                 _entries[target] = placed;
+            }
+        }
+
+        /// <summary>Converts a target's float32 values to <paramref name="dtype"/> and appends them (any thread; conversion outside the lock).</summary>
+        /// <exception cref="OverflowException">A value does not fit the dtype.</exception>
+        /// <exception cref="NotFiniteNumberException">A value is NaN or infinite.</exception>
+        public void AddSingle(string name, long[] shape, SafeTensorDType dtype, ReadOnlySpan<float> values)
+        {
+            int size = SafeTensorsWriter.FloatTargetSize(name, dtype);
+            long start;
+            lock (_gate)
+            {
+                start = _length;
+                _length += (long)values.Length * size;
+            }
+
+            const int chunk = ChunkBytes / 4;
+            byte[] buffer = ArrayPool<byte>.Shared.Rent(chunk * size);
+            try
+            {
+                for (int at = 0; at < values.Length; at += chunk)
+                {
+                    int n = Math.Min(chunk, values.Length - at);
+                    Span<byte> bytes = buffer.AsSpan(0, n * size);
+                    SafeTensorsWriter.ConvertSingle(name, shape, at, values.Slice(at, n), dtype, bytes);
+                    RandomAccess.Write(_handle, bytes, start + ((long)at * size));
+                }
+            }
+            finally
+            {
+                ArrayPool<byte>.Shared.Return(buffer);
+            }
+
+            lock (_gate)
+            {
+                _entries[name] = [(new SafeTensorDescriptor(name, dtype, (long[])shape.Clone()), start)];
             }
         }
 
