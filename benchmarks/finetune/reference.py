@@ -6,7 +6,10 @@ a dense float32 base (B = 0, A ~ U(-1/sqrt(in), 1/sqrt(in))), and the protocol's
 betas 0.9/0.999, eps 1e-8, no weight decay) over the LoRA factors only, batch 8 x 128 bytes, step s on windows
 8s..8s+7 of the training text. Prints one JSON object: median seconds per step and peak RSS.
 
-    /usr/bin/python3 benchmarks/finetune/reference.py MODEL_DIR TRAIN_TXT STEPS THREADS
+    /usr/bin/python3 benchmarks/finetune/reference.py MODEL_DIR TRAIN_TXT STEPS THREADS [VAL_TXT]
+
+With VAL_TXT it also scores bits per byte on its 64 windows of 256 bytes before and after training (an independent
+check of the .NET trainer's numbers).
 """
 import json
 import math
@@ -112,14 +115,26 @@ class Llama(torch.nn.Module):
         return self.rms(h, self.norm) @ self.head.T
 
 
+@torch.no_grad()
+def bits_per_byte(model, text, windows=64, length=256):
+    nats = 0.0
+    for first in range(0, windows, 8):
+        ids = torch.tensor([list(text[length * i:length * i + length + 1]) for i in range(first, min(windows, first + 8))], dtype=torch.long)
+        logits = model(ids[:, :-1])
+        nats += torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="sum").item()
+    return nats / (windows * length) / math.log(2)
+
+
 def main():
     model_dir, train_path, steps, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    val = open(sys.argv[5], "rb").read() if len(sys.argv) > 5 else None
     torch.set_num_threads(threads)
     config = json.load(open(f"{model_dir}/config.json"))
     model = Llama(config, read_model(model_dir), rank=16, alpha=16)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=5e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
     text = open(train_path, "rb").read()
+    before = bits_per_byte(model, val) if val else None
     times, losses = [], []
     for s in range(steps):
         ids = torch.tensor([list(text[128 * k:128 * k + 129]) for k in range(8 * s, 8 * s + 8)], dtype=torch.long)
@@ -133,7 +148,8 @@ def main():
         losses.append(loss.item())
     warm = times[2:] if len(times) > 4 else times
     step_s = statistics.median(warm)
-    print(json.dumps({
+    extra = {"val_bpb_before": before, "val_bpb_after": bits_per_byte(model, val)} if val else {}
+    print(json.dumps({**extra, 
         "impl": "pytorch-" + torch.__version__ + " dense LoRA",
         "steps": steps,
         "median_step_s": step_s,
