@@ -6,6 +6,8 @@ using static TorchSharp.torch;
 namespace LoftQNet.TorchSharp.Tests;
 
 /// <summary>The fine-tuning protocol of docs/finetuning.md on the bundled model, shortened.</summary>
+// Builds models from torch's global generator: must not run beside another class that draws from it.
+[Collection(LoftQNet.TorchSharp.Tests.Models.TorchCollection.Name)]
 public sealed class FineTuneProtocolTests : TorchTestBase
 {
     private static string FortunesTrain => Path.Combine(TestFiles.Data, "fortunes-train.txt");

@@ -8,6 +8,8 @@ using static TorchSharp.torch.nn;
 
 namespace LoftQNet.TorchSharp.Tests;
 
+// Builds models from torch's global generator: must not run beside another class that draws from it.
+[Collection(LoftQNet.TorchSharp.Tests.Models.TorchCollection.Name)]
 public class InitializeTests : TorchTestBase
 {
     /// <summary>A two-layer model with Hugging Face names, its projections held in fields typed Module&lt;Tensor, Tensor&gt;.</summary>

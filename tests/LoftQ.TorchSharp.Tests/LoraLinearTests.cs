@@ -6,6 +6,8 @@ using static TorchSharp.torch;
 
 namespace LoftQNet.TorchSharp.Tests;
 
+// Builds models from torch's global generator: must not run beside another class that draws from it.
+[Collection(LoftQNet.TorchSharp.Tests.Models.TorchCollection.Name)]
 public class LoraLinearTests : TorchTestBase
 {
     public static TheoryData<string, int, int, int> Quantizers => new()

@@ -6,6 +6,8 @@ using static TorchSharp.torch;
 
 namespace LoftQNet.TorchSharp.Tests;
 
+// Builds models from torch's global generator: must not run beside another class that draws from it.
+[Collection(LoftQNet.TorchSharp.Tests.Models.TorchCollection.Name)]
 public sealed class TrainingTests : TorchTestBase
 {
     private static readonly LoftQOptions Tiny4Bit = new() { Bits = 4, Rank = 4, Alpha = 8, Iterations = 2 };

@@ -52,7 +52,7 @@ public sealed record LoraTrainingOptions
     /// <summary>Steps of linear warm-up: step s &lt; W (0-based) uses <see cref="LearningRate"/>·(s + 1)/W.</summary>
     public int WarmupSteps { get; init; }
 
-    /// <summary>Seeds torch's generator at the start of <see cref="LoraTrainer.Train"/> (LoRA dropout draws from it). Same seed, data and options: the same adapter, byte for byte, on the same machine and thread count.</summary>
+    /// <summary>Seeds torch's global generator at the start of <see cref="LoraTrainer.Train"/> (LoRA dropout draws from it). Same seed, data and options: the same adapter, byte for byte, on the same machine and thread count, as long as nothing else in the process draws from torch's global generator while the run trains (a second model trained or randomly initialised on another thread would).</summary>
     public int Seed { get; init; }
 
     /// <summary>Evaluate every this many steps (0: only before the first and after the last step) when an evaluation dataset is given.</summary>
