@@ -182,7 +182,7 @@ internal static class Gemm
         // meeting at a barrier after every k block. The group size depends on the shape only, never on threads.
         int slotFloats = (directB ? nr : ncMax) * kcMax;
         int blocksPerGroup = Math.Clamp(MaxPackedB / slotFloats, 1, kBlocks);
-        float[] bPackArray = ArrayPool<float>.Shared.Rent(blocksPerGroup * slotFloats);
+        float[] bPackArray = BufferPool.Floats.Rent(blocksPerGroup * slotFloats);
         try
         {
             fixed (float* bPackPtr = bPackArray)
@@ -238,7 +238,7 @@ internal static class Gemm
                             (int g0, int g1) = Split(panels, nGroups, t % nGroups);
                             int i0 = blockIndex * MC;
                             int mcRows = Math.Min(MC, m - i0);
-                            float[] aPackArray = ArrayPool<float>.Shared.Rent((directA ? mr : MC) * KC);
+                            float[] aPackArray = BufferPool.Floats.Rent((directA ? mr : MC) * KC);
                             try
                             {
                                 fixed (float* aPack = aPackArray)
@@ -273,7 +273,7 @@ internal static class Gemm
                             }
                             finally
                             {
-                                ArrayPool<float>.Shared.Return(aPackArray);
+                                BufferPool.Floats.Return(aPackArray);
                             }
                         });
                     }
@@ -282,7 +282,7 @@ internal static class Gemm
         }
         finally
         {
-            ArrayPool<float>.Shared.Return(bPackArray);
+            BufferPool.Floats.Return(bPackArray);
         }
     }
 

@@ -38,7 +38,7 @@ public sealed class Matrix : IDisposable
         Columns = columns;
         _buffer = length == 0 ? []
             : length > PoolLimit ? GC.AllocateUninitializedArray<float>((int)length)
-            : ArrayPool<float>.Shared.Rent((int)length);
+            : BufferPool.Floats.Rent((int)length);
         if (clear)
         {
             Span.Clear();
@@ -168,7 +168,7 @@ public sealed class Matrix : IDisposable
         float[]? buffer = Interlocked.Exchange(ref _buffer, null);
         if (buffer is { Length: > 0 } && buffer.Length <= PoolLimit)
         {
-            ArrayPool<float>.Shared.Return(buffer);
+            BufferPool.Floats.Return(buffer);
         }
     }
 

@@ -107,7 +107,7 @@ internal static class Qr
     private static void ProjectOut(Span<float> a, int t0, int t1, int q0, int q1, int cols, double[] original, double[] norms, double tolerance)
     {
         int nt = t1 - t0;
-        float[] coefficients = ArrayPool<float>.Shared.Rent(nt * q1);
+        float[] coefficients = BufferPool.Floats.Rent(nt * q1);
         try
         {
             Span<float> target = a.Slice(t0 * cols, nt * cols);
@@ -135,7 +135,7 @@ internal static class Qr
         }
         finally
         {
-            ArrayPool<float>.Shared.Return(coefficients);
+            BufferPool.Floats.Return(coefficients);
         }
     }
 

@@ -258,40 +258,54 @@ internal sealed class BlockwiseCodec
     /// <summary>Generic dequantization of any <see cref="QuantizedTensor"/>, multi-threaded over chunks of blocks.</summary>
     internal static unsafe void Dequantize(QuantizedTensor quantized, Span<float> destination)
     {
-        long n = quantized.ElementCount;
-        int blocksPerChunk = BlocksPerChunk(quantized.BlockSize, quantized.Bits);
-        int chunks = (int)((quantized.BlockCount + (long)blocksPerChunk - 1) / blocksPerChunk);
-        fixed (float* pd = destination)
+        fixed (byte* codes = quantized.PackedCodes)
+        fixed (float* scales = quantized.Scales, offsets = quantized.Offsets, codeBook = quantized.CodeBook, pd = destination)
         {
-            nint dst = (nint)pd;
-            int threads = ComputeSettings.ThreadsFor(n, MinElementsPerThread);
-            ComputeSettings.ParallelFor(chunks, threads, c => DequantizeChunk(quantized, c, blocksPerChunk, dst));
+            var source = new PackedSource((nint)codes, (nint)scales, quantized.HasOffsets ? (nint)offsets : 0, (nint)codeBook, quantized.CodeBook.Length, quantized.Bits, quantized.BlockSize, quantized.ElementCount);
+            Dequantize(source, (nint)pd);
         }
     }
 
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static unsafe void DequantizeChunk(QuantizedTensor q, int chunk, int blocksPerChunk, nint destination)
+    /// <summary>
+    /// Dequantizes packed codes held in memory the caller keeps alive and unmoved for the call (e.g. a CPU tensor's
+    /// storage): <paramref name="source"/> describes it, <paramref name="destination"/> receives
+    /// <see cref="PackedSource.Count"/> floats. Multi-threaded over chunks of blocks like the array form.
+    /// </summary>
+    internal static void Dequantize(in PackedSource source, nint destination)
     {
-        long n = q.ElementCount;
+        int blocksPerChunk = BlocksPerChunk(source.BlockSize, source.Bits);
+        long blockCount = (source.Count + source.BlockSize - 1) / source.BlockSize;
+        int chunks = (int)((blockCount + blocksPerChunk - 1) / blocksPerChunk);
+        int threads = ComputeSettings.ThreadsFor(source.Count, MinElementsPerThread);
+        PackedSource s = source;
+        ComputeSettings.ParallelFor(chunks, threads, c => DequantizeChunk(s, c, blocksPerChunk, destination));
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static unsafe void DequantizeChunk(PackedSource q, int chunk, int blocksPerChunk, nint destination)
+    {
+        long n = q.Count;
         int blockSize = q.BlockSize;
-        int b0 = chunk * blocksPerChunk;
-        int b1 = Math.Min(q.BlockCount, b0 + blocksPerChunk);
-        long e0 = (long)b0 * blockSize;
-        int length = (int)(Math.Min(n, (long)b1 * blockSize) - e0);
+        long b0 = (long)chunk * blocksPerChunk;
+        long b1 = Math.Min((n + blockSize - 1) / blockSize, b0 + blocksPerChunk);
+        long e0 = b0 * blockSize;
+        int length = (int)(Math.Min(n, b1 * blockSize) - e0);
         byte[] scratch = ArrayPool<byte>.Shared.Rent(length);
         try
         {
             Span<byte> codes = scratch.AsSpan(0, length);
-            BitPacking.UnpackUnchecked(q.PackedCodes[(int)(e0 * q.Bits / 8)..], q.Bits, codes);
+            long firstByte = e0 * q.Bits / 8;
+            long packedLength = (n + 7) / 8 * q.Bits; // whole 8-code groups, as QuantizedTensor and PackedWeight store them
+            var packed = new ReadOnlySpan<byte>((byte*)q.Codes + firstByte, (int)Math.Min(packedLength - firstByte, int.MaxValue));
+            BitPacking.UnpackUnchecked(packed, q.Bits, codes);
             var y = new Span<float>((float*)destination + e0, length);
-            ReadOnlySpan<float> scales = q.Scales;
-            ReadOnlySpan<float> offsets = q.Offsets;
-            bool hasOffsets = q.HasOffsets;
-            ReadOnlySpan<float> levels = q.CodeBook;
-            for (int blk = b0; blk < b1; blk++)
+            var levels = new ReadOnlySpan<float>((float*)q.CodeBook, q.CodeBookLength);
+            float* scales = (float*)q.Scales, offsets = (float*)q.Offsets;
+            bool hasOffsets = q.Offsets != 0;
+            for (long blk = b0; blk < b1; blk++)
             {
-                int s = (int)(((long)blk * blockSize) - e0);
-                int len = (int)Math.Min(blockSize, length - s);
+                int s = (int)((blk * blockSize) - e0);
+                int len = Math.Min(blockSize, length - s);
                 QuantizationKernels.Lookup(codes.Slice(s, len), levels, scales[blk], hasOffsets ? offsets[blk] : 0f, hasOffsets, y.Slice(s, len));
             }
         }
@@ -370,3 +384,10 @@ internal sealed class BlockwiseCodec
         }
     }
 }
+
+/// <summary>
+/// Packed blockwise codes in caller-owned memory: <see cref="Codes"/> holds ⌈Count/8⌉·Bits bytes (MSB-first, the
+/// <see cref="QuantizedTensor"/> layout), <see cref="Scales"/> and <see cref="Offsets"/> (0 when symmetric) one float
+/// per block, <see cref="CodeBook"/> <see cref="CodeBookLength"/> floats.
+/// </summary>
+internal readonly record struct PackedSource(nint Codes, nint Scales, nint Offsets, nint CodeBook, int CodeBookLength, int Bits, int BlockSize, long Count);
