@@ -1,4 +1,5 @@
 using System.Globalization;
+using System.Runtime;
 using System.Text.Json;
 using LoftQNet.Pipeline;
 using LoftQNet.TorchSharp;
@@ -38,7 +39,9 @@ internal static class FineTuneSpeedRunner
                 return 2;
         }
 
-        GC.Collect();
+        GCSettings.LargeObjectHeapCompactionMode = GCLargeObjectHeapCompactionMode.CompactOnce;
+        GC.Collect(GC.MaxGeneration, GCCollectionMode.Aggressive, blocking: true, compacting: true); // both configurations start from the same clean managed heap
+        GCMemoryInfo managed = GC.GetGCMemoryInfo();
         long before = Status("VmRSS");
         File.WriteAllText("/proc/self/clear_refs", "5"); // resets VmHWM to the current RSS
         var train = ByteWindowDataset.FromFile(trainPath, 128);
@@ -64,7 +67,11 @@ internal static class FineTuneSpeedRunner
             ["first_loss"] = result.Losses[0],
             ["last_loss"] = result.Losses[^1],
             ["rss_before_training_mb"] = before / 1024.0,
+            ["gc_committed_before_mb"] = managed.TotalCommittedBytes / 1048576.0,
+            ["gc_pinned_objects_before"] = managed.PinnedObjectsCount,
             ["peak_rss_training_mb"] = Status("VmHWM") / 1024.0,
+            ["rss_after_each_step_mb"] = progress.ResidentMb,
+            ["gc_committed_after_mb"] = GC.GetGCMemoryInfo().TotalCommittedBytes / 1048576.0,
         }));
         return 0;
     }
@@ -85,6 +92,12 @@ internal static class FineTuneSpeedRunner
 
     private sealed class Stamps(List<TimeSpan> stamps) : IProgress<TrainingProgress>
     {
-        public void Report(TrainingProgress value) => stamps.Add(value.Elapsed);
+        public List<long> ResidentMb { get; } = [];
+
+        public void Report(TrainingProgress value)
+        {
+            stamps.Add(value.Elapsed);
+            ResidentMb.Add(Status("VmRSS") / 1024);
+        }
     }
 }

@@ -33,6 +33,19 @@ for ((r = 1; r <= repeats; r++)); do
   $py benchmarks/finetune/reference.py "$model" "$train" "$steps" "$threads" | tee -a "$results"
 done
 
+# Memory pass: the same .NET configurations with glibc's mmap threshold pinned at its default (128 KiB), so every
+# tensor of 128 KiB or more is its own mapping, returned when freed: the peak is then what the run allocates, not
+# what the allocator kept from earlier steps (2x slower, so a short run). MEMORY_STEPS=0 skips it.
+memory_steps=${MEMORY_STEPS:-8}
+if ((memory_steps > 0)); then
+  for ((r = 1; r <= repeats; r++)); do
+    for config in lora nf4 nf2; do
+      MALLOC_MMAP_THRESHOLD_=131072 $bench finetune-speed "$config" "$memory_steps" "$threads" "$model" "$train" | tail -1 \
+        | sed 's/"impl":"LoftQ.NET /"impl":"exact-allocation LoftQ.NET /' | tee -a "$results"
+    done
+  done
+fi
+
 $py - "$results" "$threads" "$steps" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
@@ -43,12 +56,23 @@ dense = statistics.median(r["median_step_s"] for r in by["LoftQ.NET lora"])
 torch_impl = next(k for k in by if k.startswith("pytorch"))
 ref = statistics.median(r["median_step_s"] for r in by[torch_impl])
 print(f"\n{sys.argv[3]} steps, {sys.argv[2]} threads, medians over {len(by[torch_impl])} runs (range in brackets)\n")
-print("| run | s per step | tokens/s | vs .NET dense | vs PyTorch | peak RSS MB |")
+print("| run | s per step | tokens/s | vs .NET dense | vs PyTorch | peak RSS MB [range] |")
 print("|---|---:|---:|---:|---:|---:|")
 for impl, rs in by.items():
+    if impl.startswith("exact-allocation"):
+        continue
     s = [r["median_step_s"] for r in rs]
     m = statistics.median(s)
-    rss = statistics.median(r.get("peak_rss_training_mb", r.get("peak_rss_mb")) for r in rs)
-    print(f"| {impl} | {m:.3f} [{min(s):.3f}-{max(s):.3f}] | {1024 / m:.0f} | {m / dense:.2f}x | {m / ref:.2f}x | {rss:.0f} |")
+    rss = [r.get("peak_rss_training_mb", r.get("peak_rss_mb")) for r in rs]
+    print(f"| {impl} | {m:.3f} [{min(s):.3f}-{max(s):.3f}] | {1024 / m:.0f} | {m / dense:.2f}x | {m / ref:.2f}x | {statistics.median(rss):.0f} [{min(rss):.0f}-{max(rss):.0f}] |")
+exact = {k: v for k, v in by.items() if k.startswith("exact-allocation")}
+if exact:
+    print("\nPeak RSS with exact allocation (MALLOC_MMAP_THRESHOLD_=131072), range over runs:\n")
+    print("| run | RSS before training MB | peak RSS MB |")
+    print("|---|---:|---:|")
+    for impl, rs in exact.items():
+        before = [r["rss_before_training_mb"] for r in rs]
+        peak = [r["peak_rss_training_mb"] for r in rs]
+        print(f"| {impl[len('exact-allocation '):]} | {min(before):.0f}-{max(before):.0f} | {min(peak):.0f}-{max(peak):.0f} |")
 PY
 rm -f "$results"

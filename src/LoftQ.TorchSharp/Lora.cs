@@ -31,7 +31,7 @@ public static class Lora
         if (!input.requires_grad || !torch.is_grad_enabled())
         {
             using var scope = NewDisposeScope();
-            Tensor w = TorchCodec.Dequantize(weight, input.dtype);
+            Tensor w = TransientWeight(weight, input.dtype);
             return torch.nn.functional.linear(input, w, bias?.to(input.dtype)).MoveToOuterDisposeScope();
         }
 
@@ -76,34 +76,80 @@ public static class Lora
         return y.add(delta).MoveToOuterDisposeScope();
     }
 
+    /// <summary>
+    /// deq(W) in <paramref name="dtype"/> for one product that keeps no reference to it (on the CPU in float32, a view
+    /// of the thread's reused scratch buffer: nothing weight-sized is allocated per call).
+    /// </summary>
+    private static Tensor TransientWeight(in PackedWeight weight, ScalarType dtype)
+    {
+        Tensor w = TorchCodec.DequantizeTransient(weight);
+        return w.dtype == dtype ? w : w.to(dtype);
+    }
+
     /// <summary>Carries the packed weight through autograd's argument list (only tensors are saved for backward).</summary>
     private sealed record WeightBox(PackedWeight Weight, Tensor? Bias);
 
     private sealed class QuantizedLinearFunction : torch.autograd.SingleTensorFunction<QuantizedLinearFunction>
     {
+        /// <summary>
+        /// Gradients handed back to TorchSharp by this thread's last backward call. TorchSharp copies the handle into the
+        /// graph as soon as backward returns but never disposes the wrapper, so in a caller's dispose scope every layer's
+        /// input gradient would stay alive until the whole backward pass ends (hundreds of MB on a small model); the
+        /// next call, forward or backward, releases them instead.
+        /// </summary>
+        [ThreadStatic]
+        private static List<Tensor>? t_handedBack;
+
         public override string Name => "LoftQQuantizedLinear";
 
         public override Tensor forward(torch.autograd.AutogradContext ctx, params object[] vars)
         {
+            ReleaseHandedBack();
             var input = (Tensor)vars[0];
             var box = (WeightBox)vars[1];
             ctx.save_data("weight", box);
             ctx.save_data("dtype", input.dtype);
+            ctx.set_materialize_grads(false); // an unused output's gradient arrives undefined: backward returns none
             using var scope = NewDisposeScope();
             using var noGrad = torch.no_grad(); // the function's own node is the graph: record nothing inside
-            Tensor w = TorchCodec.Dequantize(box.Weight, input.dtype);
+            Tensor w = TransientWeight(box.Weight, input.dtype);
             return torch.nn.functional.linear(input, w, box.Bias?.to(input.dtype)).MoveToOuterDisposeScope();
         }
 
         public override List<Tensor> backward(torch.autograd.AutogradContext ctx, Tensor gradOutput)
         {
+            ReleaseHandedBack();
+            if (gradOutput is null || gradOutput.IsInvalid)
+            {
+                return [null!, null!];
+            }
+
             var box = (WeightBox)ctx.get_data("weight");
             var dtype = (ScalarType)ctx.get_data("dtype");
-            using var scope = NewDisposeScope();
-            using var noGrad = torch.no_grad();
-            Tensor w = TorchCodec.Dequantize(box.Weight, dtype);
-            Tensor gradInput = gradOutput.to(dtype).matmul(w).MoveToOuterDisposeScope();
+            Tensor gradInput;
+            using (var scope = NewDisposeScope())
+            {
+                using var noGrad = torch.no_grad();
+                Tensor w = TransientWeight(box.Weight, dtype);
+                gradInput = gradOutput.to(dtype).matmul(w).DetachFromDisposeScope();
+            }
+
+            gradOutput.Dispose(); // TorchSharp's wrapper only: the engine holds its own reference while it needs one
+            (t_handedBack ??= []).Add(gradInput);
             return [gradInput, null!];
+        }
+
+        private static void ReleaseHandedBack()
+        {
+            if (t_handedBack is { Count: > 0 } list)
+            {
+                foreach (Tensor t in list)
+                {
+                    t.Dispose();
+                }
+
+                list.Clear();
+            }
         }
     }
 }

@@ -1,4 +1,5 @@
 using LoftQNet.Quantization;
+using LoftQNet.TorchSharp.Engine;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -125,8 +126,8 @@ public sealed class LoraLinear : Module<Tensor, Tensor>
         using var scope = NewDisposeScope();
         device ??= CPU;
         var baseLayer = new QuantizedLinear(weight, bias, device);
-        Tensor ta = torch.tensor(a.ToArray(), [rank, inF]).to(dtype).to(device);
-        Tensor tb = torch.tensor(b.ToArray(), [outF, rank]).to(dtype).to(device);
+        Tensor ta = TorchEngine.NativeCopy(a, [rank, inF], ScalarType.Float32).to(dtype).to(device);
+        Tensor tb = TorchEngine.NativeCopy(b, [outF, rank], ScalarType.Float32).to(dtype).to(device);
         var layer = new LoraLinear(baseLayer, ta, tb, alpha, dropout);
         return layer;
     }

@@ -1,5 +1,6 @@
 using LoftQNet.Numerics;
 using LoftQNet.Quantization;
+using LoftQNet.TorchSharp.Engine;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -48,14 +49,28 @@ public readonly record struct PackedWeight(
         }
 
         long n = quantized.ElementCount;
-        var bytes = new byte[PackedLength(n, quantized.Bits)];
-        quantized.PackedCodes.CopyTo(bytes);
         device ??= CPU;
-        Tensor codes = torch.tensor(bytes, dtype: ScalarType.Byte).to(device);
-        Tensor scales = torch.tensor(quantized.Scales.ToArray(), dtype: ScalarType.Float32).to(device);
-        Tensor? offsets = quantized.HasOffsets ? torch.tensor(quantized.Offsets.ToArray(), dtype: ScalarType.Float32).to(device) : null;
-        Tensor codeBook = torch.tensor(quantized.CodeBook.ToArray(), dtype: ScalarType.Float32).to(device);
+        Tensor codes = torch.zeros(PackedLength(n, quantized.Bits), ScalarType.Byte);
+        quantized.PackedCodes.CopyTo(codes.bytes);
+        codes = OnDevice(codes, device);
+        Tensor scales = OnDevice(TorchEngine.NativeCopy(quantized.Scales, [quantized.Scales.Length], ScalarType.Float32), device);
+        Tensor? offsets = quantized.HasOffsets ? OnDevice(TorchEngine.NativeCopy(quantized.Offsets, [quantized.Offsets.Length], ScalarType.Float32), device) : null;
+        Tensor codeBook = OnDevice(TorchEngine.NativeCopy(quantized.CodeBook, [quantized.CodeBook.Length], ScalarType.Float32), device);
         return new PackedWeight(codes, scales, offsets, codeBook, quantized.Bits, quantized.BlockSize, quantized.Shape.Rows, quantized.Shape.Columns);
+    }
+
+    /// <summary><paramref name="cpu"/> on <paramref name="device"/>: itself on the CPU, else a copy (the CPU tensor is disposed).</summary>
+    private static Tensor OnDevice(Tensor cpu, Device device)
+    {
+        if (device.type == DeviceType.CPU)
+        {
+            return cpu;
+        }
+
+        using (cpu)
+        {
+            return cpu.to(device);
+        }
     }
 
     /// <summary>Copies the tensors back into a core <see cref="QuantizedTensor"/> (on the CPU).</summary>

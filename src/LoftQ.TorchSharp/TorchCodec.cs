@@ -1,3 +1,4 @@
+using LoftQNet.Quantization;
 using LoftQNet.TorchSharp.Engine;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -13,6 +14,30 @@ internal static class TorchCodec
     /// temporaries are the int32 byte indices and the result itself; scaling is in place.
     /// </summary>
     public static Tensor Dequantize(in PackedWeight w, ScalarType dtype)
+    {
+        if (IsCpuKernelEligible(w))
+        {
+            Tensor dense = torch.empty([w.OutFeatures, w.InFeatures], ScalarType.Float32);
+            DequantizeCpu(w, dense);
+            if (dtype == ScalarType.Float32)
+            {
+                return dense;
+            }
+
+            using (dense)
+            {
+                return dense.to(dtype);
+            }
+        }
+
+        return DequantizeWithTorchOps(w, dtype);
+    }
+
+    /// <summary>
+    /// <see cref="Dequantize"/> with torch operations only, on the tensors' own device (the path for GPUs; tests run it
+    /// on the CPU against the managed kernel).
+    /// </summary>
+    internal static Tensor DequantizeWithTorchOps(in PackedWeight w, ScalarType dtype)
     {
         using var scope = NewDisposeScope();
         using var noGrad = torch.no_grad();
@@ -66,6 +91,68 @@ internal static class TorchCodec
         }
 
         return result.MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// deq(W) as a float32 [out, in] view of this thread's scratch buffer, valid only until the thread's next call: for
+    /// a product that does not keep its operand (a forward or backward under no_grad). On the CPU the managed kernel
+    /// writes the buffer in place, so a layer allocates nothing weight-sized per call; elsewhere it is
+    /// <see cref="Dequantize"/>'s result. The caller disposes the returned tensor (the view, not the buffer).
+    /// </summary>
+    public static Tensor DequantizeTransient(in PackedWeight w)
+    {
+        if (!IsCpuKernelEligible(w))
+        {
+            return Dequantize(w, ScalarType.Float32);
+        }
+
+        long n = w.ElementCount;
+        if (t_scratch is null || t_scratch.numel() < n)
+        {
+            t_scratch?.Dispose();
+            t_scratch = null;
+            Tensor buffer = torch.empty(n, ScalarType.Float32);
+            buffer.DetachFromDisposeScope();
+            t_scratch = buffer;
+        }
+
+        Tensor view = t_scratch.narrow(0, 0, n).view(w.OutFeatures, w.InFeatures);
+        DequantizeCpu(w, view);
+        return view;
+    }
+
+    /// <summary>Releases this thread's scratch buffer (the next transient dequantization allocates a new one).</summary>
+    public static void ReleaseScratch()
+    {
+        t_scratch?.Dispose();
+        t_scratch = null;
+    }
+
+    /// <summary>This thread's scratch buffer size in floats (0 when it has none): tests check it is reused, not regrown.</summary>
+    internal static long ScratchElements => t_scratch?.numel() ?? 0;
+
+    [ThreadStatic]
+    private static Tensor? t_scratch;
+
+    /// <summary>Every tensor of <paramref name="w"/> is a contiguous CPU tensor of the layout the managed kernel reads.</summary>
+    private static bool IsCpuKernelEligible(in PackedWeight w) =>
+        w.Codes.device_type == DeviceType.CPU && w.Codes.dtype == ScalarType.Byte && w.Codes.is_contiguous()
+        && w.Scales.device_type == DeviceType.CPU && w.Scales.dtype == ScalarType.Float32 && w.Scales.is_contiguous()
+        && w.CodeBook.device_type == DeviceType.CPU && w.CodeBook.dtype == ScalarType.Float32 && w.CodeBook.is_contiguous()
+        && (w.Offsets is null || (w.Offsets.device_type == DeviceType.CPU && w.Offsets.dtype == ScalarType.Float32 && w.Offsets.is_contiguous()))
+        && w.Codes.numel() >= PackedWeight.PackedLength(w.ElementCount, w.Bits)
+        && w.Scales.numel() * w.BlockSize >= w.ElementCount && w.CodeBook.numel() >= 1L << w.Bits;
+
+    /// <summary>The core's SIMD, multi-threaded dequantization kernel reading the CPU tensors' storage in place.</summary>
+    private static unsafe void DequantizeCpu(in PackedWeight w, Tensor destination)
+    {
+        fixed (byte* codes = w.Codes.bytes)
+        fixed (byte* scales = w.Scales.bytes, codeBook = w.CodeBook.bytes, offsets = w.Offsets is null ? default : w.Offsets.bytes)
+        fixed (byte* dst = destination.bytes)
+        {
+            var source = new PackedSource((nint)codes, (nint)scales, (nint)offsets, (nint)codeBook, (int)w.CodeBook.numel(), w.Bits, w.BlockSize, w.ElementCount);
+            BlockwiseCodec.Dequantize(source, (nint)dst);
+        }
     }
 
     private static readonly Dictionary<(int Bits, string Device), Tensor> s_tables = new();

@@ -29,6 +29,26 @@ public class InitializeTests : TorchTestBase
         public override Tensor forward(Tensor x) => down_proj.forward(functional.relu(q_proj.forward(x)));
     }
 
+    [Fact]
+    public void InitializeLeavesNoManagedArrayPinnedAndNoPooledBuffersBehind()
+    {
+        // torch.tensor(array) keeps the array pinned while the tensor lives: packed weights built that way pinned three
+        // arrays per layer, and the garbage collector could not return the large-object heap around them.
+        static int Pinned()
+        {
+            GC.Collect(GC.MaxGeneration, GCCollectionMode.Forced, blocking: true, compacting: true);
+            return (int)GC.GetGCMemoryInfo().PinnedObjectsCount;
+        }
+
+        using var model = new TinyModel(width: 128);
+        int before = Pinned();
+        LoftQ.Initialize(model, new LoftQOptions { Bits = 2, Rank = 4, Iterations = 1 });
+        int after = Pinned();
+        int layers = LoraAdapters.Find(model).Count;
+        Assert.Equal(4, layers); // q_proj and down_proj of both blocks
+        Assert.True(after - before < layers, $"{after - before} more pinned objects after initialising {layers} layers");
+    }
+
     internal sealed class TinyModel : Module<Tensor, Tensor>
     {
         private readonly ModuleList<Module<Tensor, Tensor>> layers;

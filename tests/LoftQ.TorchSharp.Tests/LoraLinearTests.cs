@@ -43,6 +43,107 @@ public class LoraLinearTests : TorchTestBase
         Assert.Equal(q.QuantizerName, back.QuantizerName);
     }
 
+    [Theory]
+    [MemberData(nameof(Quantizers))]
+    public void TheCpuKernelAndTheTorchOpsPathDequantizeBitForBit(string kind, int bits, int block, int oddShape)
+    {
+        // On the CPU the managed kernel serves every call, so the torch-ops path (the GPU's) is checked here directly.
+        (int rows, int cols) = oddShape == 1 ? (7, 13) : (48, 80);
+        using Matrix w = Matrix.RandomNormal(rows, cols, seed: bits * 17 + block);
+        QuantizedTensor q = Make(kind, bits, block).Quantize(w.Span, w.Shape);
+        var expected = new float[rows * cols];
+        q.Dequantize(expected);
+        using var layer = new QuantizedLinear(q);
+        using Tensor kernel = TorchCodec.Dequantize(layer.Weight, ScalarType.Float32);
+        using Tensor ops = TorchCodec.DequantizeWithTorchOps(layer.Weight, ScalarType.Float32);
+        using Tensor transient = TorchCodec.DequantizeTransient(layer.Weight);
+        Assert.Equal(expected, Values(kernel));
+        Assert.Equal(expected, Values(ops));
+        Assert.Equal(expected, Values(transient));
+        using Tensor bf16 = TorchCodec.Dequantize(layer.Weight, ScalarType.BFloat16);
+        using Tensor bf16Ops = TorchCodec.DequantizeWithTorchOps(layer.Weight, ScalarType.BFloat16);
+        Assert.Equal(Values(bf16Ops), Values(bf16));
+    }
+
+    [Fact]
+    public void StackedPackedLayersGiveTheDenseGradientsAndHoldNoGradientUntilTheScopeEnds()
+    {
+        // Three packed layers of different sizes share this thread's scratch buffer in forward and backward; the same
+        // stack over dense Linear layers holding deq(W) is the reference (float32, the CPU kernel's path).
+        int[] sizes = [48, 80, 32, 16];
+        var packed = new List<LoraLinear>();
+        var dense = new List<LoraLinear>();
+        try
+        {
+            for (int i = 0; i < 3; i++)
+            {
+                (LoraLinear layer, _, Matrix a, Matrix b) = MakeLayer(outF: sizes[i + 1], inF: sizes[i], rank: 4, alpha: 8, seed: 40 + i);
+                packed.Add(layer);
+                var linear = torch.nn.Linear(sizes[i], sizes[i + 1], hasBias: false);
+                using (torch.no_grad())
+                using (Tensor deq = layer.Dequantize())
+                {
+                    linear.weight!.copy_(deq);
+                }
+
+                dense.Add(new LoraLinear(linear, TorchEngineCopy(a), TorchEngineCopy(b), 8));
+                a.Dispose();
+                b.Dispose();
+            }
+
+            TorchCodec.ReleaseScratch();
+            (double[] X, double[][] A, long Live) Run(List<LoraLinear> stack)
+            {
+                using var outer = NewDisposeScope();
+                Tensor x = torch.randn([5, 7, 48], generator: new Generator(9)).requires_grad_(true);
+                Tensor h = x;
+                foreach (LoraLinear layer in stack)
+                {
+                    h = torch.nn.functional.silu(layer.forward(h));
+                }
+
+                long before = DisposeScopeManager.Statistics.ThreadTotalLiveCount;
+                h.pow(2).sum().backward();
+                long live = DisposeScopeManager.Statistics.ThreadTotalLiveCount - before;
+                double[][] grads = stack.Select(l => Doubles(l.A.grad!)).ToArray();
+                foreach (LoraLinear l in stack)
+                {
+                    l.A.grad!.zero_();
+                    l.B.grad!.zero_();
+                }
+
+                return (Doubles(x.grad!), grads, live);
+            }
+
+            var p = Run(packed);
+            var d = Run(dense);
+            Assert.Equal(80L * 48, TorchCodec.ScratchElements); // the largest layer's weight, allocated once
+            for (int i = 0; i < d.X.Length; i++)
+            {
+                Assert.Equal(d.X[i], p.X[i], 1e-5 + (1e-5 * Math.Abs(d.X[i])));
+            }
+
+            for (int k = 0; k < 3; k++)
+            {
+                for (int i = 0; i < d.A[k].Length; i++)
+                {
+                    Assert.Equal(d.A[k][i], p.A[k][i], 1e-4 + (1e-5 * Math.Abs(d.A[k][i])));
+                }
+            }
+
+            // The backward pass leaves no more live tensors over the packed stack than over the dense one: each layer's
+            // gradient wrappers are released as the pass goes, not kept until the caller's scope ends.
+            Assert.True(p.Live <= d.Live + 1, $"backward left {p.Live} live tensors over the packed stack, {d.Live} over the dense one");
+        }
+        finally
+        {
+            packed.ForEach(l => l.Dispose());
+            dense.ForEach(l => l.Dispose());
+        }
+
+        static Tensor TorchEngineCopy(Matrix m) => torch.tensor(m.Span.ToArray(), [m.Rows, m.Columns]);
+    }
+
     [Fact]
     public void ForwardIsDequantizedBaseTimesXPlusScaledLowRankExactly()
     {

@@ -343,7 +343,7 @@ public sealed class TorchBlockwiseQuantizer : IQuantizer, IDisposable
         CheckLength(values, shape);
         TorchRuntime.EnsureLoaded();
         using var scope = NewDisposeScope();
-        Tensor w = tensor(values.ToArray(), Dims(shape));
+        Tensor w = TorchEngine.NativeCopy(values, Dims(shape), ScalarType.Float32);
         (Tensor codes, Tensor scales, Tensor? offsets) = Quantize(w);
         return ToQuantizedTensorFromPacked(Pack(codes, Bits), shape, scales, offsets);
     }
@@ -366,7 +366,7 @@ public sealed class TorchBlockwiseQuantizer : IQuantizer, IDisposable
 
         TorchRuntime.EnsureLoaded();
         using var scope = NewDisposeScope();
-        Tensor w = tensor(values.ToArray(), Dims(shape));
+        Tensor w = TorchEngine.NativeCopy(values, Dims(shape), ScalarType.Float32);
         (Tensor codes, Tensor scales, Tensor? offsets, Tensor d) = QuantizeDequantize(w);
         ToArray<float>(d, ScalarType.Float32).CopyTo(dequantized);
         return ToQuantizedTensorFromPacked(Pack(codes, Bits), shape, scales, offsets);

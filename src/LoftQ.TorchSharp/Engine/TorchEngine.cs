@@ -30,10 +30,26 @@ internal static class TorchEngine
     }
 
     /// <summary>A CPU fp32 tensor holding a copy of <paramref name="matrix"/>.</summary>
-    public static Tensor ToTensor(Matrix matrix)
+    public static Tensor ToTensor(Matrix matrix) => NativeCopy<float>(matrix.Span, [matrix.Rows, matrix.Columns], ScalarType.Float32);
+
+    /// <summary>
+    /// A new CPU tensor of <paramref name="shape"/> holding a copy of <paramref name="data"/> in native memory.
+    /// <c>torch.tensor(array)</c> leaves the managed array pinned while the tensor lives, and pinned arrays scattered
+    /// through the large-object heap keep the garbage collector from returning the free space between them.
+    /// </summary>
+    internal static Tensor NativeCopy<T>(ReadOnlySpan<T> data, long[] shape, ScalarType dtype)
+        where T : unmanaged
     {
         TorchRuntime.EnsureLoaded();
-        return tensor(matrix.Span.ToArray(), [matrix.Rows, matrix.Columns]);
+        Tensor t = empty(shape, dtype);
+        if (t.NumberOfElements * t.ElementSize != (long)data.Length * System.Runtime.CompilerServices.Unsafe.SizeOf<T>())
+        {
+            t.Dispose();
+            throw new ArgumentException($"{data.Length} values of {typeof(T).Name} do not fill a {dtype} tensor of shape [{string.Join(", ", shape)}].", nameof(data));
+        }
+
+        System.Runtime.InteropServices.MemoryMarshal.AsBytes(data).CopyTo(t.bytes);
+        return t;
     }
 
     /// <summary>A core matrix holding a float32 copy of the two-dimensional <paramref name="t"/> (any device, any floating dtype; detached from autograd).</summary>
@@ -58,7 +74,7 @@ internal static class TorchEngine
 
     /// <summary>Core factors as CPU tensors (copies).</summary>
     public static TorchLowRankFactors FromCore(LowRankFactors factors) =>
-        new(ToTensor(factors.A), ToTensor(factors.B), tensor(factors.SingularValues.ToArray()));
+        new(ToTensor(factors.A), ToTensor(factors.B), NativeCopy<float>(factors.SingularValues.ToArray(), [factors.SingularValues.Count], ScalarType.Float32));
 
     /// <summary>A 64-bit mix of a seed and the bits of some floats (used to vary a generator's seed between warm starts).</summary>
     public static ulong Mix(long seed, ReadOnlySpan<float> values)

@@ -1,3 +1,4 @@
+using LoftQNet.TorchSharp.Engine;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -48,7 +49,7 @@ public static class LanguageModelMetrics
                     }
                 }
 
-                Tensor all = torch.tensor(ids.AsSpan(0, n * (windowLength + 1)).ToArray(), [n, windowLength + 1], device: device);
+                Tensor all = TorchEngine.NativeCopy<long>(ids.AsSpan(0, n * (windowLength + 1)), [n, windowLength + 1], ScalarType.Int64).to(device);
                 Tensor inputs = all.narrow(1, 0, windowLength);
                 Tensor targets = all.narrow(1, 1, windowLength);
                 Tensor logits = model.forward(inputs);
