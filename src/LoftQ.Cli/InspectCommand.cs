@@ -113,7 +113,7 @@ internal static class InspectCommand
                 writer.WriteString("file", shard);
                 writer.WriteString("dtype", t.DType.ToString());
                 writer.WriteStartArray("shape");
-                foreach (long d in t.Shape)
+                foreach (int d in t.Shape)
                 {
                     writer.WriteNumberValue(d);
                 }
@@ -171,7 +171,7 @@ internal static class InspectCommand
     }
 
     private static string[] Row(string shard, SafeTensorInfo t) =>
-        [t.Name, shard, t.DType.ToString(), $"[{string.Join(", ", t.Shape)}]", t.ByteLength.ToString("N0", CultureInfo.InvariantCulture)];
+        [t.Name, shard, t.DType.ToString(), t.Shape.ToString(), t.ByteLength.ToString("N0", CultureInfo.InvariantCulture)];
 
     private static string Line(string[] cells, int[] widths)
     {

@@ -26,7 +26,7 @@ public class AdapterAndMemoryTests : TorchTestBase
             using (SafeTensorsFile file = SafeTensorsFile.Open(Path.Combine(dir, "adapter_model.safetensors")))
             {
                 Assert.Equal("pt", file.Metadata["format"]);
-                Assert.Contains(file.Tensors, t => t.Name == "base_model.model.layers.1.down_proj.lora_B.weight" && t.DType == SafeTensorDType.F32 && t.Shape.SequenceEqual(new long[] { 64, 4 }));
+                Assert.Contains(file.Tensors, t => t.Name == "base_model.model.layers.1.down_proj.lora_B.weight" && t.DType == SafeTensorDType.F32 && t.Shape == new TensorShape(64, 4));
                 var lora = (LoraLinear)model.named_modules().Single(m => m.name == "layers.1.down_proj").module;
                 Assert.Equal(Values(lora.A), file.ReadAsSingle("base_model.model.layers.1.down_proj.lora_A.weight"));
                 Assert.Equal(Values(lora.B), file.ReadAsSingle("base_model.model.layers.1.down_proj.lora_B.weight"));

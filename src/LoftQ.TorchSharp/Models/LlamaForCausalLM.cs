@@ -1,3 +1,4 @@
+using LoftQNet.Numerics;
 using LoftQNet.IO;
 using TorchSharp;
 using TorchSharp.Modules;
@@ -176,10 +177,28 @@ public sealed class LlamaForCausalLM : nn.Module<Tensor, Tensor>
         }
     }
 
+    private static bool ShapeEquals(TensorShape stored, long[] expected)
+    {
+        if (stored.Rank != expected.Length)
+        {
+            return false;
+        }
+
+        for (int i = 0; i < expected.Length; i++)
+        {
+            if (stored[i] != expected[i])
+            {
+                return false;
+            }
+        }
+
+        return true;
+    }
+
     private static void Fill(Tensor destination, SafeTensorsFile file, string name, long maxChunkBytes)
     {
         SafeTensorInfo info = file.GetInfo(name);
-        if (!info.Shape.AsSpan().SequenceEqual(destination.shape))
+        if (!ShapeEquals(info.Shape, destination.shape))
         {
             throw new CheckpointFormatException($"{file.Path}: tensor '{name}' has shape {info.ShapeString}; the config needs [{string.Join(", ", destination.shape)}].");
         }
@@ -201,16 +220,16 @@ public sealed class LlamaForCausalLM : nn.Module<Tensor, Tensor>
         }
 
         // Otherwise stage rows in the stored dtype (no float detour) and let copy_ convert and move them.
-        long rows = info.Shape.Length == 0 ? 1 : info.Shape[0];
+        long rows = info.Rank == 0 ? 1 : info.Shape[0];
         long rowBytes = rows == 0 ? 0 : info.ByteLength / rows;
         long rowsPerChunk = Math.Max(1, maxChunkBytes / Math.Max(1, rowBytes));
         for (long r = 0; r < rows; r += rowsPerChunk)
         {
             long n = Math.Min(rowsPerChunk, rows - r);
-            long[] shape = info.Shape.Length == 0 ? [] : [n, .. info.Shape.AsSpan(1)];
+            long[] shape = info.Rank == 0 ? [] : [n, .. info.Shape.Dimensions[1..].ToArray().Select(d => (long)d)];
             using Tensor staging = torch.empty(shape, stored);
             file.CopyBytes(name, r * rowBytes, staging.bytes);
-            if (info.Shape.Length == 0)
+            if (info.Rank == 0)
             {
                 destination.copy_(staging);
             }

@@ -87,12 +87,12 @@ public static class BitsAndBytesNf4
         };
         var entries = new List<SafeTensorEntry>(6)
         {
-            new(weightName, SafeTensorDType.U8, [(n + 1) / 2, 1], nf4.PackedCodes.ToArray()),
+            SafeTensorEntry.FromBytes(weightName, SafeTensorDType.U8, [checked((int)((n + 1) / 2)), 1], nf4.PackedCodes.ToArray()),
         };
         if (doubleQuant)
         {
             (byte[] codes, float[] nestedAbsmax, float offset) = QuantizeAbsmax(nf4.Scales);
-            entries.Add(new(weightName + ".absmax", SafeTensorDType.U8, [codes.Length], codes));
+            entries.Add(SafeTensorEntry.FromBytes(weightName + ".absmax", SafeTensorDType.U8, [codes.Length], codes));
             entries.Add(F32(weightName + ".quant_map", nf4.CodeBook));
             entries.Add(F32(weightName + ".nested_absmax", nestedAbsmax));
             entries.Add(F32(weightName + ".nested_quant_map", s_dynamicMap));
@@ -108,7 +108,7 @@ public static class BitsAndBytesNf4
 
         // json.dumps with its default separators, keys in bitsandbytes' order.
         byte[] json = Encoding.UTF8.GetBytes("{" + string.Join(", ", state.Select(kv => $"\"{kv.Key}\": {kv.Json}")) + "}");
-        entries.Add(new(weightName + QuantStateSuffix, SafeTensorDType.U8, [json.Length], json));
+        entries.Add(SafeTensorEntry.FromBytes(weightName + QuantStateSuffix, SafeTensorDType.U8, [json.Length], json));
         return entries;
     }
 
@@ -376,5 +376,5 @@ public static class BitsAndBytesNf4
         MemoryMarshal.Cast<byte, float>(Require(file, name, SafeTensorDType.F32, where)).ToArray();
 
     private static SafeTensorEntry F32(string name, ReadOnlySpan<float> values) =>
-        new(name, SafeTensorDType.F32, [values.Length], MemoryMarshal.AsBytes(values).ToArray());
+        SafeTensorEntry.FromBytes(name, SafeTensorDType.F32, [values.Length], MemoryMarshal.AsBytes(values).ToArray());
 }

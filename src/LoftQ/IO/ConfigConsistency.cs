@@ -1,6 +1,8 @@
 using System.Globalization;
 using System.Text.RegularExpressions;
 
+using LoftQNet.Numerics;
+
 namespace LoftQNet.IO;
 
 /// <summary>
@@ -27,10 +29,10 @@ internal static partial class ConfigConsistency
         {
             if (name.EndsWith("embed_tokens.weight", StringComparison.Ordinal) || name.EndsWith(".wte.weight", StringComparison.Ordinal))
             {
-                long[] shape = checkpoint.LogicalShape(name);
-                if (shape.Length == 2 && shape[1] != c.HiddenSize)
+                TensorShape shape = checkpoint.LogicalShape(name);
+                if (shape.Rank == 2 && shape[1] != c.HiddenSize)
                 {
-                    throw Mismatch(c, $"{hiddenKey} is {c.HiddenSize}, but the embedding '{name}' has shape {Shape(shape)} (width {shape[1]})");
+                    throw Mismatch(c, $"{hiddenKey} is {c.HiddenSize}, but the embedding '{name}' has shape {shape} (width {shape[1]})");
                 }
             }
         }
@@ -90,8 +92,8 @@ internal static partial class ConfigConsistency
                 continue;
             }
 
-            long[] shape = checkpoint.LogicalShape(name);
-            if (shape.Length != 2)
+            TensorShape shape = checkpoint.LogicalShape(name);
+            if (shape.Rank != 2)
             {
                 continue; // reported by target selection when it is a target
             }
@@ -105,15 +107,13 @@ internal static partial class ConfigConsistency
             };
             if (rows >= 0 && (shape[0] != rows || shape[1] != cols))
             {
-                throw Mismatch(c, $"{why} and hidden_size {c.HiddenSize} give '{name}' the shape [{rows}, {cols}], but it has {Shape(shape)}");
+                throw Mismatch(c, $"{why} and hidden_size {c.HiddenSize} give '{name}' the shape [{rows}, {cols}], but it has {shape}");
             }
         }
     }
 
     private static CheckpointFormatException Mismatch(ModelConfig c, string detail) =>
         new($"{c.Source}: {detail}. The config does not describe these weights (a config.json from another model?).");
-
-    private static string Shape(long[] shape) => $"[{string.Join(", ", shape)}]";
 
     // "<prefix>.layers.N." / ".h.N." / ".blocks.N." / ".layer.N." anywhere in the name (prefix ends with the separator before N).
     [GeneratedRegex(@"^(?<prefix>(?:.*\.)?(?:layers|h|blocks|layer)\.)(?<index>[0-9]{1,9})\.", RegexOptions.CultureInvariant)]

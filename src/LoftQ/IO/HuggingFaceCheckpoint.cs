@@ -2,6 +2,8 @@ using System.Text.Json;
 
 using LoftQNet.Quantization;
 
+using LoftQNet.Numerics;
+
 namespace LoftQNet.IO;
 
 /// <summary>
@@ -182,22 +184,8 @@ public sealed class HuggingFaceCheckpoint : IDisposable
     internal bool IsNf4(string tensor) => Contains(tensor + BitsAndBytesNf4.QuantStateSuffix);
 
     /// <summary>The shape the model sees: a bitsandbytes NF4 weight's original shape (from its quant state), otherwise the stored one.</summary>
-    internal long[] LogicalShape(string tensor)
-    {
-        if (!IsNf4(tensor))
-        {
-            return GetInfo(tensor).Shape;
-        }
-
-        QuantizedTensor nf4 = BitsAndBytesNf4.ReadNf4(OpenShard(ShardOf(tensor)), tensor);
-        long[] shape = new long[nf4.Shape.Rank];
-        for (int i = 0; i < shape.Length; i++)
-        {
-            shape[i] = nf4.Shape[i];
-        }
-
-        return shape;
-    }
+    internal TensorShape LogicalShape(string tensor) =>
+        IsNf4(tensor) ? BitsAndBytesNf4.ReadNf4(OpenShard(ShardOf(tensor)), tensor).Shape : GetInfo(tensor).Shape;
 
     /// <summary>The tensor's values as float32; a bitsandbytes NF4 weight is dequantized (code book value × block absmax).</summary>
     internal float[] ReadDequantized(string tensor)

@@ -237,7 +237,7 @@ public static class PeftAdapterWriter
             throw new ArgumentException("An adapter needs at least one layer.", nameof(layers));
         }
 
-        entries.Sort(static (a, b) => string.CompareOrdinal(a.Name, b.Name));
+        entries.Sort(static (a, b) => string.CompareOrdinal(a.Info.Name, b.Info.Name));
         Directory.CreateDirectory(adapterDirectory);
         SafeTensorsWriter.Write(Path.Combine(adapterDirectory, WeightsFileName), entries, new Dictionary<string, string> { ["format"] = "pt" });
         AtomicFile.WriteAllText(Path.Combine(adapterDirectory, ConfigFileName), json);
@@ -245,9 +245,9 @@ public static class PeftAdapterWriter
 
     private static SafeTensorEntry FromMatrix(string name, Matrix m)
     {
-        long[] shape = [m.Rows, m.Columns];
+        TensorShape shape = [m.Rows, m.Columns];
         SafeTensorsWriter.CheckFinite(name, shape, m.Span); // never write NaN or ±∞ into an adapter
-        return new(name, SafeTensorDType.F32, shape, MemoryMarshal.AsBytes(m.Span).ToArray());
+        return SafeTensorEntry.FromBytes(name, SafeTensorDType.F32, shape, MemoryMarshal.AsBytes(m.Span).ToArray());
     }
 }
 

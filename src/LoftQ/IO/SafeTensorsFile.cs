@@ -498,7 +498,7 @@ public sealed class SafeTensorsFile : IDisposable
         {
             throw new SafeTensorsFormatException($"{path}: tensor '{name}' has a shape of rank {rank:N0}; the limit is {MaxRank}.");
         }
-        var shape = new long[rank];
+        var shape = new int[rank];
         int k = 0;
         foreach (JsonElement d in shapeArray.EnumerateArray())
         {
@@ -507,17 +507,22 @@ public sealed class SafeTensorsFile : IDisposable
                 throw new SafeTensorsFormatException($"{path}: tensor '{name}' has shape entry {d.GetRawText()}; dimensions must be non-negative integers.");
             }
 
-            shape[k++] = dim;
+            if (dim > int.MaxValue)
+            {
+                throw new SafeTensorsFormatException($"{path}: tensor '{name}' has a dimension of {dim:N0}; the limit is {int.MaxValue:N0} per dimension.");
+            }
+
+            shape[k++] = (int)dim;
         }
 
         long elements = 1;
-        if (Array.IndexOf(shape, 0L) >= 0)
+        if (Array.IndexOf(shape, 0) >= 0)
         {
             elements = 0;
         }
         else
         {
-            foreach (long dim in shape)
+            foreach (int dim in shape)
             {
                 if (elements > long.MaxValue / dim)
                 {
@@ -555,7 +560,7 @@ public sealed class SafeTensorsFile : IDisposable
             throw new SafeTensorsFormatException($"{path}: tensor '{name}' ({dtypeText}, shape [{string.Join(", ", shape)}]) needs {expected} bytes but data_offsets [{begin}, {end}) span {end - begin}.");
         }
 
-        return new SafeTensorInfo(name, dtype, shape, begin, end - begin);
+        return new SafeTensorInfo(name, dtype, new TensorShape(shape)) { DataOffset = begin };
 
         SafeTensorsFormatException Duplicate(string field) => new($"{path}: tensor '{name}' has field '{field}' twice.");
     }

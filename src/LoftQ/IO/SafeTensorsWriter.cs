@@ -7,32 +7,11 @@ using LoftQNet.Numerics;
 
 namespace LoftQNet.IO;
 
-/// <summary>The name, dtype and shape of a tensor to be written (its data comes later, see <see cref="SafeTensorsWriter.Create"/>).</summary>
-/// <param name="Name">The tensor name (unique in the file, not <c>__metadata__</c>).</param>
-/// <param name="DType">The element type.</param>
-/// <param name="Shape">The dimensions, outermost first.</param>
-public sealed record SafeTensorDescriptor(string Name, SafeTensorDType DType, long[] Shape)
-{
-    /// <summary>Product of the dimensions (1 for a scalar).</summary>
-    public long ElementCount => SafeTensorsWriter.CheckedElementCount(Name, Shape);
-
-    /// <summary>Bytes of data: <see cref="ElementCount"/> × element size.</summary>
-    public long ByteLength => checked(ElementCount * DType.ElementSize());
-}
-
 /// <summary>A tensor held in memory, ready to be written with <see cref="SafeTensorsWriter.Write"/>.</summary>
-/// <param name="Name">The tensor name.</param>
-/// <param name="DType">The element type.</param>
-/// <param name="Shape">The dimensions, outermost first.</param>
-/// <param name="Data">The raw little-endian row-major bytes (ElementCount × element size of them).</param>
-public sealed record SafeTensorEntry(string Name, SafeTensorDType DType, long[] Shape, ReadOnlyMemory<byte> Data)
+/// <param name="Info">The name, dtype and shape (<see cref="SafeTensorInfo.DataOffset"/> is not used).</param>
+/// <param name="Data">The raw little-endian row-major bytes (<see cref="SafeTensorInfo.ByteLength"/> of them).</param>
+public sealed record SafeTensorEntry(SafeTensorInfo Info, ReadOnlyMemory<byte> Data)
 {
-    /// <summary>Product of the dimensions (1 for a scalar).</summary>
-    public long ElementCount => SafeTensorsWriter.CheckedElementCount(Name, Shape);
-
-    /// <summary>The name, dtype and shape without the data.</summary>
-    public SafeTensorDescriptor Descriptor => new(Name, DType, Shape);
-
     /// <summary>
     /// Creates an entry by converting <paramref name="values"/> to <paramref name="dtype"/> (F32, F16 or BF16, round
     /// to nearest even). Every value must be finite and fit the dtype: nothing is silently written as ±∞ or NaN.
@@ -40,23 +19,22 @@ public sealed record SafeTensorEntry(string Name, SafeTensorDType DType, long[] 
     /// <exception cref="ArgumentException">The value count does not match the shape, or the dtype is not F32/F16/BF16.</exception>
     /// <exception cref="OverflowException">A finite value is too large for <paramref name="dtype"/> (the message names the tensor, the element and the value).</exception>
     /// <exception cref="NotFiniteNumberException">A value is NaN or ±∞ (the message names the tensor and the element).</exception>
-    public static SafeTensorEntry FromSingle(string name, long[] shape, ReadOnlySpan<float> values, SafeTensorDType dtype = SafeTensorDType.F32)
+    public static SafeTensorEntry FromSingle(string name, TensorShape shape, ReadOnlySpan<float> values, SafeTensorDType dtype = SafeTensorDType.F32)
     {
         ArgumentNullException.ThrowIfNull(name);
-        ArgumentNullException.ThrowIfNull(shape);
         long n = SafeTensorsWriter.CheckedElementCount(name, shape);
         if (values.Length != n)
         {
-            throw new ArgumentException($"Tensor '{name}' with shape [{string.Join(", ", shape)}] needs {n} values, got {values.Length}.", nameof(values));
+            throw new ArgumentException($"Tensor '{name}' with shape {shape} needs {n} values, got {values.Length}.", nameof(values));
         }
 
         var bytes = new byte[checked(n * SafeTensorsWriter.FloatTargetSize(name, dtype))];
         SafeTensorsWriter.ConvertSingle(name, shape, 0, values, dtype, bytes);
-        return new SafeTensorEntry(name, dtype, (long[])shape.Clone(), bytes);
+        return new SafeTensorEntry(new SafeTensorInfo(name, dtype, shape), bytes);
     }
 
     /// <summary>Creates an entry holding <paramref name="data"/> (no conversion).</summary>
-    public static SafeTensorEntry FromBytes(string name, SafeTensorDType dtype, long[] shape, ReadOnlyMemory<byte> data) => new(name, dtype, shape, data);
+    public static SafeTensorEntry FromBytes(string name, SafeTensorDType dtype, TensorShape shape, ReadOnlyMemory<byte> data) => new(new SafeTensorInfo(name, dtype, shape), data);
 }
 
 /// <summary>
@@ -77,14 +55,14 @@ public sealed class SafeTensorsWriter : IDisposable
 
     private readonly string _path;
     private readonly string _tempPath;
-    private readonly SafeTensorDescriptor[] _tensors;
+    private readonly SafeTensorInfo[] _tensors;
     private readonly long[] _lengths;
     private FileStream? _stream;
     private int _current;
     private long _writtenInCurrent;
     private bool _committed;
 
-    private SafeTensorsWriter(string path, string tempPath, FileStream stream, SafeTensorDescriptor[] tensors, long[] lengths)
+    private SafeTensorsWriter(string path, string tempPath, FileStream stream, SafeTensorInfo[] tensors, long[] lengths)
     {
         _path = path;
         _tempPath = tempPath;
@@ -100,29 +78,30 @@ public sealed class SafeTensorsWriter : IDisposable
     public string TemporaryPath => _tempPath;
 
     /// <summary>The tensor whose data is expected next, or <see langword="null"/> when all data has been written.</summary>
-    public SafeTensorDescriptor? NextTensor => _current < _tensors.Length ? _tensors[_current] : null;
+    public SafeTensorInfo? NextTensor => _current < _tensors.Length ? _tensors[_current] : null;
 
     /// <summary>Writes a complete file from in-memory entries (in the given order) and <paramref name="metadata"/>.</summary>
     /// <exception cref="ArgumentException">A name is duplicated or reserved, a shape is invalid, or an entry's data length differs from its shape × dtype size.</exception>
     public static void Write(string path, IReadOnlyList<SafeTensorEntry> entries, IReadOnlyDictionary<string, string>? metadata = null)
     {
         ArgumentNullException.ThrowIfNull(entries);
-        var descriptors = new SafeTensorDescriptor[entries.Count];
+        var descriptors = new SafeTensorInfo[entries.Count];
         for (int i = 0; i < entries.Count; i++)
         {
             SafeTensorEntry e = entries[i] ?? throw new ArgumentException($"Entry {i} is null.", nameof(entries));
-            descriptors[i] = e.Descriptor;
-            long expected = checked(e.ElementCount * e.DType.ElementSize());
+            SafeTensorInfo info = e.Info ?? throw new ArgumentException($"Entry {i} has no info.", nameof(entries));
+            descriptors[i] = info;
+            long expected = CheckedElementCount(info.Name, info.Shape) * info.DType.ElementSize();
             if (e.Data.Length != expected)
             {
-                throw new ArgumentException($"Tensor '{e.Name}' ({e.DType.ToHeaderString()}, shape [{string.Join(", ", e.Shape)}]) needs {expected} bytes, got {e.Data.Length}.", nameof(entries));
+                throw new ArgumentException($"Tensor '{info.Name}' ({info.DType.ToHeaderString()}, shape {info.Shape}) needs {expected} bytes, got {e.Data.Length}.", nameof(entries));
             }
         }
 
         using SafeTensorsWriter writer = Create(path, descriptors, metadata);
         foreach (SafeTensorEntry e in entries)
         {
-            writer.WriteTensor(e.Name, e.Data.Span);
+            writer.WriteTensor(e.Info.Name, e.Data.Span);
         }
 
         writer.Commit();
@@ -134,18 +113,17 @@ public sealed class SafeTensorsWriter : IDisposable
     /// and <see cref="Commit"/> publishes the file.
     /// </summary>
     /// <exception cref="ArgumentException">A name is null, duplicated or reserved, or a shape is invalid.</exception>
-    public static SafeTensorsWriter Create(string path, IReadOnlyList<SafeTensorDescriptor> tensors, IReadOnlyDictionary<string, string>? metadata = null)
+    public static SafeTensorsWriter Create(string path, IReadOnlyList<SafeTensorInfo> tensors, IReadOnlyDictionary<string, string>? metadata = null)
     {
         ArgumentException.ThrowIfNullOrEmpty(path);
         ArgumentNullException.ThrowIfNull(tensors);
-        var list = new SafeTensorDescriptor[tensors.Count];
+        var list = new SafeTensorInfo[tensors.Count];
         var lengths = new long[tensors.Count];
         var names = new HashSet<string>(StringComparer.Ordinal);
         for (int i = 0; i < list.Length; i++)
         {
-            SafeTensorDescriptor t = tensors[i] ?? throw new ArgumentException($"Tensor {i} is null.", nameof(tensors));
+            SafeTensorInfo t = tensors[i] ?? throw new ArgumentException($"Tensor {i} is null.", nameof(tensors));
             ArgumentNullException.ThrowIfNull(t.Name, nameof(tensors));
-            ArgumentNullException.ThrowIfNull(t.Shape, nameof(tensors));
             if (t.Name == "__metadata__")
             {
                 throw new ArgumentException("'__metadata__' is reserved and cannot name a tensor.", nameof(tensors));
@@ -157,7 +135,7 @@ public sealed class SafeTensorsWriter : IDisposable
             }
 
             _ = t.DType.ElementSize(); // rejects undefined enum values
-            list[i] = t with { Shape = (long[])t.Shape.Clone() };
+            list[i] = t;
             lengths[i] = checked(CheckedElementCount(t.Name, t.Shape) * t.DType.ElementSize());
         }
 
@@ -187,10 +165,10 @@ public sealed class SafeTensorsWriter : IDisposable
     /// <exception cref="ArgumentException">The length differs from the tensor's byte length.</exception>
     public void WriteTensor(string name, ReadOnlySpan<byte> data)
     {
-        SafeTensorDescriptor next = ExpectStart(name);
+        SafeTensorInfo next = ExpectStart(name);
         if (data.Length != _lengths[_current])
         {
-            throw new ArgumentException($"Tensor '{name}' ({next.DType.ToHeaderString()}, shape [{string.Join(", ", next.Shape)}]) needs {_lengths[_current]} bytes, got {data.Length}.", nameof(data));
+            throw new ArgumentException($"Tensor '{name}' ({next.DType.ToHeaderString()}, shape {next.Shape}) needs {_lengths[_current]} bytes, got {data.Length}.", nameof(data));
         }
 
         WriteChunk(data);
@@ -225,11 +203,11 @@ public sealed class SafeTensorsWriter : IDisposable
     /// <summary>Copies tensor <paramref name="name"/> of <paramref name="source"/> byte for byte as the whole next tensor (streamed, 1 MiB at a time).</summary>
     internal void WriteTensorFrom(SafeTensorsFile source, string name)
     {
-        SafeTensorDescriptor next = ExpectStart(name);
+        SafeTensorInfo next = ExpectStart(name);
         long length = source.GetInfo(name).ByteLength;
         if (length != _lengths[_current])
         {
-            throw new ArgumentException($"Tensor '{name}' ({next.DType.ToHeaderString()}, shape [{string.Join(", ", next.Shape)}]) needs {_lengths[_current]} bytes, the source has {length}.", nameof(name));
+            throw new ArgumentException($"Tensor '{name}' ({next.DType.ToHeaderString()}, shape {next.Shape}) needs {_lengths[_current]} bytes, the source has {length}.", nameof(name));
         }
 
         source.CopyTo(name, static (chunk, writer) => ((SafeTensorsWriter)writer!).WriteChunk(chunk), this);
@@ -241,11 +219,11 @@ public sealed class SafeTensorsWriter : IDisposable
     /// <exception cref="NotFiniteNumberException">A value is NaN or ±∞.</exception>
     public void WriteSingle(string name, ReadOnlySpan<float> values)
     {
-        SafeTensorDescriptor next = ExpectStart(name);
+        SafeTensorInfo next = ExpectStart(name);
         int size = FloatTargetSize(name, next.DType);
         if (values.Length != _lengths[_current] / size)
         {
-            throw new ArgumentException($"Tensor '{name}' (shape [{string.Join(", ", next.Shape)}]) needs {_lengths[_current] / size} values, got {values.Length}.", nameof(values));
+            throw new ArgumentException($"Tensor '{name}' (shape {next.Shape}) needs {_lengths[_current] / size} values, got {values.Length}.", nameof(values));
         }
 
         byte[] buffer = ArrayPool<byte>.Shared.Rent(ConvertChunk * size);
@@ -306,34 +284,17 @@ public sealed class SafeTensorsWriter : IDisposable
         }
     }
 
-    internal static long CheckedElementCount(string name, long[] shape)
+    /// <summary>The element count of <paramref name="shape"/>, or an error naming the tensor when it overflows.</summary>
+    internal static long CheckedElementCount(string name, TensorShape shape)
     {
-        ArgumentNullException.ThrowIfNull(shape);
-        long n = 1;
-        foreach (long d in shape)
+        try
         {
-            if (d < 0)
-            {
-                throw new ArgumentException($"Tensor '{name}' has shape [{string.Join(", ", shape)}]; dimensions must be non-negative.", nameof(shape));
-            }
+            return shape.ElementCount;
         }
-
-        if (Array.IndexOf(shape, 0L) >= 0)
+        catch (OverflowException)
         {
-            return 0;
+            throw new ArgumentException($"Tensor '{name}' has shape {shape} whose element count overflows.", nameof(shape));
         }
-
-        foreach (long d in shape)
-        {
-            if (n > long.MaxValue / d)
-            {
-                throw new ArgumentException($"Tensor '{name}' has shape [{string.Join(", ", shape)}] whose element count overflows.", nameof(shape));
-            }
-
-            n *= d;
-        }
-
-        return n;
     }
 
     internal static int FloatTargetSize(string name, SafeTensorDType dtype) => dtype switch
@@ -347,7 +308,7 @@ public sealed class SafeTensorsWriter : IDisposable
     /// Converts <paramref name="values"/> (elements <paramref name="offset"/>.. of tensor <paramref name="name"/>) to
     /// <paramref name="dtype"/>, refusing NaN, ±∞ and finite values that round to ±∞ in the narrower type.
     /// </summary>
-    internal static void ConvertSingle(string name, long[] shape, long offset, ReadOnlySpan<float> values, SafeTensorDType dtype, Span<byte> destination)
+    internal static void ConvertSingle(string name, TensorShape shape, long offset, ReadOnlySpan<float> values, SafeTensorDType dtype, Span<byte> destination)
     {
         int bad = FloatConversions.IndexOfNonFinite(values);
         if (bad >= 0)
@@ -384,7 +345,7 @@ public sealed class SafeTensorsWriter : IDisposable
 
     /// <summary>Throws if <paramref name="values"/> holds NaN or ±∞ (for tensors written as raw F32 bytes).</summary>
     /// <exception cref="NotFiniteNumberException">A value is NaN or ±∞.</exception>
-    internal static void CheckFinite(string name, long[] shape, ReadOnlySpan<float> values)
+    internal static void CheckFinite(string name, TensorShape shape, ReadOnlySpan<float> values)
     {
         int bad = FloatConversions.IndexOfNonFinite(values);
         if (bad >= 0)
@@ -393,20 +354,20 @@ public sealed class SafeTensorsWriter : IDisposable
         }
     }
 
-    private static NotFiniteNumberException NotFinite(string name, long[] shape, long index, float value, SafeTensorDType dtype) =>
+    private static NotFiniteNumberException NotFinite(string name, TensorShape shape, long index, float value, SafeTensorDType dtype) =>
         new(string.Create(System.Globalization.CultureInfo.InvariantCulture,
             $"Tensor '{name}': element {index}{IndexText(index, shape)} is {value}; refusing to write a non-finite value to {dtype.ToHeaderString()}."), value);
 
     /// <summary>" [i, j, …]" for a flat row-major index, or "" for a scalar or one-dimensional tensor.</summary>
-    private static string IndexText(long flat, long[] shape)
+    private static string IndexText(long flat, TensorShape shape)
     {
-        if (shape.Length < 2 || Array.IndexOf(shape, 0L) >= 0)
+        if (shape.Rank < 2 || shape.ElementCount == 0)
         {
             return string.Empty;
         }
 
-        var index = new long[shape.Length];
-        for (int d = shape.Length - 1; d >= 0; d--)
+        var index = new long[shape.Rank];
+        for (int d = shape.Rank - 1; d >= 0; d--)
         {
             index[d] = flat % shape[d];
             flat /= shape[d];
@@ -417,7 +378,7 @@ public sealed class SafeTensorsWriter : IDisposable
 
     private FileStream Stream => _stream ?? throw new ObjectDisposedException(nameof(SafeTensorsWriter), $"The writer for {_path} is closed.");
 
-    private SafeTensorDescriptor ExpectStart(string name)
+    private SafeTensorInfo ExpectStart(string name)
     {
         ArgumentNullException.ThrowIfNull(name);
         _ = Stream;
@@ -426,7 +387,7 @@ public sealed class SafeTensorsWriter : IDisposable
             throw new InvalidOperationException($"All {_tensors.Length} tensors of {_path} have been written; got '{name}'.");
         }
 
-        SafeTensorDescriptor next = _tensors[_current];
+        SafeTensorInfo next = _tensors[_current];
         if (next.Name != name || _writtenInCurrent != 0)
         {
             throw new InvalidOperationException($"{_path}: tensor '{next.Name}' is expected next{(_writtenInCurrent != 0 ? " (partially written)" : string.Empty)}, got '{name}'.");
@@ -435,7 +396,7 @@ public sealed class SafeTensorsWriter : IDisposable
         return next;
     }
 
-    private static byte[] BuildHeader(SafeTensorDescriptor[] tensors, long[] lengths, IReadOnlyDictionary<string, string>? metadata)
+    private static byte[] BuildHeader(SafeTensorInfo[] tensors, long[] lengths, IReadOnlyDictionary<string, string>? metadata)
     {
         var buffer = new ArrayBufferWriter<byte>();
         using (var json = new Utf8JsonWriter(buffer, new JsonWriterOptions { Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping, SkipValidation = false }))
@@ -456,11 +417,11 @@ public sealed class SafeTensorsWriter : IDisposable
             long offset = 0;
             for (int i = 0; i < tensors.Length; i++)
             {
-                SafeTensorDescriptor t = tensors[i];
+                SafeTensorInfo t = tensors[i];
                 json.WriteStartObject(t.Name);
                 json.WriteString("dtype", t.DType.ToHeaderString());
                 json.WriteStartArray("shape");
-                foreach (long d in t.Shape)
+                foreach (int d in t.Shape.Dimensions)
                 {
                     json.WriteNumberValue(d);
                 }

@@ -1,6 +1,10 @@
+using System.Runtime.CompilerServices;
+
 namespace LoftQNet.Numerics;
 
 /// <summary>The dimensions of a dense row-major tensor (the last dimension varies fastest).</summary>
+/// <remarks>A collection expression makes one: <c>TensorShape shape = [4096, 11008];</c>.</remarks>
+[CollectionBuilder(typeof(TensorShape), nameof(Create))]
 public readonly struct TensorShape : IEquatable<TensorShape>
 {
     private readonly int[]? _dimensions;
@@ -21,6 +25,31 @@ public readonly struct TensorShape : IEquatable<TensorShape>
         _dimensions = (int[])dimensions.Clone();
     }
 
+    /// <summary>Creates a shape from its dimensions, outermost first (the collection-expression builder).</summary>
+    /// <exception cref="ArgumentException">A dimension is negative.</exception>
+    public static TensorShape Create(ReadOnlySpan<int> dimensions) => new(dimensions.ToArray());
+
+    /// <summary>A shape from 64-bit dimensions (TorchSharp's <c>Tensor.shape</c>, for one).</summary>
+    /// <exception cref="ArgumentException">A dimension is negative or larger than <see cref="int.MaxValue"/>.</exception>
+    public static TensorShape FromInt64(ReadOnlySpan<long> dimensions)
+    {
+        var dims = new int[dimensions.Length];
+        for (int i = 0; i < dims.Length; i++)
+        {
+            if (dimensions[i] is < 0 or > int.MaxValue)
+            {
+                throw new ArgumentException($"Tensor dimensions must lie in [0, {int.MaxValue}], got [{string.Join(", ", dimensions.ToArray())}].", nameof(dimensions));
+            }
+
+            dims[i] = (int)dimensions[i];
+        }
+
+        return new TensorShape(dims);
+    }
+
+    /// <summary>Enumerates the dimensions, outermost first.</summary>
+    public ReadOnlySpan<int>.Enumerator GetEnumerator() => Dimensions.GetEnumerator();
+
     /// <summary>Number of dimensions (0 for a scalar).</summary>
     public int Rank => _dimensions?.Length ?? 0;
 
@@ -31,6 +60,7 @@ public readonly struct TensorShape : IEquatable<TensorShape>
     public int this[int index] => (_dimensions ?? [])[index];
 
     /// <summary>Product of the dimensions (1 for a scalar).</summary>
+    /// <exception cref="OverflowException">The product does not fit a 64-bit integer.</exception>
     public long ElementCount
     {
         get
@@ -38,7 +68,7 @@ public readonly struct TensorShape : IEquatable<TensorShape>
             long n = 1;
             foreach (int d in Dimensions)
             {
-                n *= d;
+                n = checked(n * d);
             }
 
             return n;

@@ -86,7 +86,7 @@ internal static class CheckpointPipeline
                         progress?.Report(new LoftQProgress(LoftQProgressKind.LayerCompleted, completed, targets.Count, output.Report));
                     });
 
-                var descriptors = new List<SafeTensorDescriptor>(file.Tensors.Count);
+                var descriptors = new List<SafeTensorInfo>(file.Tensors.Count);
                 foreach (SafeTensorInfo info in file.Tensors)
                 {
                     if (outputs.TryGetValue(info.Name, out SpilledTarget? output))
@@ -97,7 +97,7 @@ internal static class CheckpointPipeline
                     }
                     else
                     {
-                        descriptors.Add(new SafeTensorDescriptor(info.Name, info.DType, info.Shape));
+                        descriptors.Add(info);
                     }
                 }
 
@@ -118,7 +118,7 @@ internal static class CheckpointPipeline
                     writer.Commit();
                 }
 
-                foreach (SafeTensorDescriptor d in descriptors)
+                foreach (SafeTensorInfo d in descriptors)
                 {
                     weightMap[d.Name] = shard;
                     totalBytes += d.ByteLength;
@@ -219,8 +219,8 @@ internal static class CheckpointPipeline
     private static List<string> NonMatrixTargetWarnings(HuggingFaceCheckpoint checkpoint, IReadOnlyList<string>? targets) =>
         TargetSelector.SelectNonMatrices(checkpoint, targets).Select(name =>
         {
-            long[] shape = checkpoint.GetInfo(name).Shape;
-            return $"Tensor '{name}' matches the targets but has shape [{string.Join(", ", shape)}] ({shape.Length}-D); LoftQ initialises only 2-D weights, so it was copied unchanged.";
+            TensorShape shape = checkpoint.GetInfo(name).Shape;
+            return $"Tensor '{name}' matches the targets but has shape {shape} ({shape.Rank}-D); LoftQ initialises only 2-D weights, so it was copied unchanged.";
         }).ToList();
 
     private static void CheckLayerCountForMixedPrecision(LoftQOptions o, ModelConfig config)
@@ -279,9 +279,9 @@ internal static class CheckpointPipeline
         foreach (string name in targets)
         {
             SafeTensorInfo info = checkpoint.GetInfo(name);
-            if (info.Shape.Length != 2)
+            if (info.Rank != 2)
             {
-                throw new ArgumentException($"Target tensor '{name}' has shape [{string.Join(", ", info.Shape)}]; only 2-D weights can be LoftQ-initialised.");
+                throw new ArgumentException($"Target tensor '{name}' has shape {info.Shape}; only 2-D weights can be LoftQ-initialised.");
             }
 
             if (info.DType is not (SafeTensorDType.F32 or SafeTensorDType.F16 or SafeTensorDType.BF16))
@@ -506,7 +506,7 @@ internal static class CheckpointPipeline
         private const int ChunkBytes = 1 << 20;
         private readonly Microsoft.Win32.SafeHandles.SafeFileHandle _handle;
         private readonly string _path;
-        private readonly Dictionary<string, List<(SafeTensorDescriptor Descriptor, long Offset)>> _entries = new(StringComparer.Ordinal);
+        private readonly Dictionary<string, List<(SafeTensorInfo Descriptor, long Offset)>> _entries = new(StringComparer.Ordinal);
         private readonly Lock _gate = new();
         private long _length;
 
@@ -521,11 +521,11 @@ internal static class CheckpointPipeline
         {
             lock (_gate)
             {
-                var placed = new List<(SafeTensorDescriptor, long)>(entries.Count);
+                var placed = new List<(SafeTensorInfo, long)>(entries.Count);
                 foreach (SafeTensorEntry e in entries)
                 {
                     RandomAccess.Write(_handle, e.Data.Span, _length);
-                    placed.Add((e.Descriptor, _length));
+                    placed.Add((e.Info, _length));
                     _length += e.Data.Length;
                 }
 
@@ -536,7 +536,7 @@ internal static class CheckpointPipeline
         /// <summary>Converts a target's float32 values to <paramref name="dtype"/> and appends them (any thread; conversion outside the lock).</summary>
         /// <exception cref="OverflowException">A value does not fit the dtype.</exception>
         /// <exception cref="NotFiniteNumberException">A value is NaN or infinite.</exception>
-        public void AddSingle(string name, long[] shape, SafeTensorDType dtype, ReadOnlySpan<float> values)
+        public void AddSingle(string name, TensorShape shape, SafeTensorDType dtype, ReadOnlySpan<float> values)
         {
             int size = SafeTensorsWriter.FloatTargetSize(name, dtype);
             long start;
@@ -565,11 +565,11 @@ internal static class CheckpointPipeline
 
             lock (_gate)
             {
-                _entries[name] = [(new SafeTensorDescriptor(name, dtype, (long[])shape.Clone()), start)];
+                _entries[name] = [(new SafeTensorInfo(name, dtype, shape), start)];
             }
         }
 
-        public IEnumerable<SafeTensorDescriptor> Descriptors(string target) => _entries[target].Select(e => e.Descriptor);
+        public IEnumerable<SafeTensorInfo> Descriptors(string target) => _entries[target].Select(e => e.Descriptor);
 
         /// <summary>Writes a target's tensors, in order, as the writer's next tensors.</summary>
         public void CopyTo(string target, SafeTensorsWriter writer)
@@ -577,7 +577,7 @@ internal static class CheckpointPipeline
             byte[] buffer = ArrayPool<byte>.Shared.Rent(ChunkBytes);
             try
             {
-                foreach ((SafeTensorDescriptor d, long offset) in _entries[target])
+                foreach ((SafeTensorInfo d, long offset) in _entries[target])
                 {
                     if (writer.NextTensor?.Name != d.Name)
                     {

@@ -84,7 +84,7 @@ public class CheckpointTests
         using HuggingFaceCheckpoint ckpt = HuggingFaceCheckpoint.Open(TestFiles.FixtureModel);
         const string Name = "model.layers.3.mlp.down_proj.weight";
         float[] values = ckpt.ReadAsSingle(Name);
-        Assert.Equal([384L, 1024L], ckpt.GetInfo(Name).Shape);
+        Assert.Equal<TensorShape>([384, 1024], ckpt.GetInfo(Name).Shape);
         ReadOnlySpan<byte> raw = ckpt.OpenShard(ckpt.ShardOf(Name)).GetBytes(Name);
         Assert.Equal(values.Length * 2, raw.Length);
         double sumSquares = 0;

@@ -79,9 +79,9 @@ public sealed class FuzzTests
             SafeTensorEntry.FromSingle("w.bf16", [4, 6], Enumerable.Range(0, 24).Select(i => i * 0.5f).ToArray(), SafeTensorDType.BF16),
             SafeTensorEntry.FromSingle("w.f32", [3], [1f, -2f, 3f]),
             SafeTensorEntry.FromSingle("w.f16", [2, 2], [0.5f, 1f, 2f, 4f], SafeTensorDType.F16),
-            new SafeTensorEntry("w.u8", SafeTensorDType.U8, [5], new byte[] { 1, 2, 3, 4, 5 }),
-            new SafeTensorEntry("w.f64", SafeTensorDType.F64, [1], BitConverter.GetBytes(2.5)),
-            new SafeTensorEntry("w.empty", SafeTensorDType.F32, [0, 3], Array.Empty<byte>()),
+            SafeTensorEntry.FromBytes("w.u8", SafeTensorDType.U8, [5], new byte[] { 1, 2, 3, 4, 5 }),
+            SafeTensorEntry.FromBytes("w.f64", SafeTensorDType.F64, [1], BitConverter.GetBytes(2.5)),
+            SafeTensorEntry.FromBytes("w.empty", SafeTensorDType.F32, [0, 3], Array.Empty<byte>()),
         ], new Dictionary<string, string> { ["format"] = "pt" });
         return File.ReadAllBytes(path);
     }

@@ -58,6 +58,20 @@ public sealed class HostileHeaderTests
         Assert.True(clock.Elapsed < TimeSpan.FromSeconds(10), $"took {clock.Elapsed}");
     }
 
+    [Theory]
+    [InlineData("[2147483648]")]
+    [InlineData("[0, 4294967296]")]
+    public void A_dimension_beyond_int_range_is_a_format_error(string shape)
+    {
+        // TensorShape holds 32-bit dimensions; a larger one (even in an empty tensor) is refused with its value.
+        using var dir = new TempDir();
+        string path = dir.File("wide.safetensors");
+        File.WriteAllBytes(path, TestFiles.Build($"{{\"a\":{{\"dtype\":\"U8\",\"shape\":{shape},\"data_offsets\":[0,1]}}}}", 1));
+        SafeTensorsFormatException e = Assert.Throws<SafeTensorsFormatException>(() => SafeTensorsFile.Open(path));
+        Assert.Contains("tensor 'a' has a dimension of", e.Message, StringComparison.Ordinal);
+        Assert.Contains("the limit is 2,147,483,647 per dimension", e.Message, StringComparison.Ordinal);
+    }
+
     [Fact]
     public void Rank_32_is_accepted()
     {

@@ -25,7 +25,7 @@ public class PeftAndBnbTests
         int seed = 0;
         foreach (string t in targets)
         {
-            long[] shape = ckpt.GetInfo(t).Shape;
+            TensorShape shape = ckpt.GetInfo(t).Shape;
             layers.Add(new LoraTensors(t[..^".weight".Length], Matrix.RandomNormal(16, (int)shape[1], seed++), Matrix.RandomNormal((int)shape[0], 16, seed++)));
         }
 
@@ -58,7 +58,7 @@ public class PeftAndBnbTests
         {
             SafeTensorInfo info = file.GetInfo(name);
             Assert.Equal(spec!["dtype"]!.GetValue<string>(), info.DType.ToHeaderString());
-            Assert.Equal(spec["shape"]!.AsArray().Select(d => d!.GetValue<long>()), info.Shape);
+            Assert.Equal(spec["shape"]!.AsArray().Select(d => d!.GetValue<int>()), info.Shape.Dimensions.ToArray());
         }
 
         Assert.Equal(readme["peft_adapter_metadata"]!.AsObject().ToDictionary(kv => kv.Key, kv => kv.Value!.GetValue<string>()), file.Metadata);
@@ -109,14 +109,14 @@ public class PeftAndBnbTests
         IReadOnlyList<SafeTensorEntry> entries = BitsAndBytesNf4.CreateEntries("m.layers.0.q_proj.weight", q);
         Assert.Equal(
             ["m.layers.0.q_proj.weight", "m.layers.0.q_proj.weight.absmax", "m.layers.0.q_proj.weight.quant_map", "m.layers.0.q_proj.weight.quant_state.bitsandbytes__nf4"],
-            entries.Select(e => e.Name));
-        Assert.Equal([SafeTensorDType.U8, SafeTensorDType.F32, SafeTensorDType.F32, SafeTensorDType.U8], entries.Select(e => e.DType));
-        Assert.Equal([3216L, 1L], entries[0].Shape);
-        Assert.Equal([101L], entries[1].Shape);
-        Assert.Equal([16L], entries[2].Shape);
+            entries.Select(e => e.Info.Name));
+        Assert.Equal([SafeTensorDType.U8, SafeTensorDType.F32, SafeTensorDType.F32, SafeTensorDType.U8], entries.Select(e => e.Info.DType));
+        Assert.Equal<TensorShape>([3216, 1], entries[0].Info.Shape);
+        Assert.Equal<TensorShape>([101], entries[1].Info.Shape);
+        Assert.Equal<TensorShape>([16], entries[2].Info.Shape);
         string json = Encoding.UTF8.GetString(entries[3].Data.Span);
         Assert.Equal("{\"quant_type\": \"nf4\", \"blocksize\": 64, \"dtype\": \"bfloat16\", \"shape\": [96, 67]}", json);
-        Assert.Equal([(long)json.Length], entries[3].Shape);
+        Assert.Equal<TensorShape>([json.Length], entries[3].Info.Shape);
 
         using var dir = new TempDir();
         string path = dir.File("bnb.safetensors");
@@ -152,11 +152,11 @@ public class PeftAndBnbTests
     {
         QuantizedTensor q = QuantizeRandom(256, 300, 9); // 1200 blocks -> 5 nested blocks (last partial)
         IReadOnlyList<SafeTensorEntry> entries = BitsAndBytesNf4.CreateEntries("w.weight", q, "float16", doubleQuant: true);
-        var byName = entries.ToDictionary(e => e.Name);
-        Assert.Equal(SafeTensorDType.U8, byName["w.weight.absmax"].DType);
-        Assert.Equal([1200L], byName["w.weight.absmax"].Shape);
-        Assert.Equal([5L], byName["w.weight.nested_absmax"].Shape);
-        Assert.Equal([256L], byName["w.weight.nested_quant_map"].Shape);
+        var byName = entries.ToDictionary(e => e.Info.Name);
+        Assert.Equal(SafeTensorDType.U8, byName["w.weight.absmax"].Info.DType);
+        Assert.Equal<TensorShape>([1200], byName["w.weight.absmax"].Info.Shape);
+        Assert.Equal<TensorShape>([5], byName["w.weight.nested_absmax"].Info.Shape);
+        Assert.Equal<TensorShape>([256], byName["w.weight.nested_quant_map"].Info.Shape);
         string json = Encoding.UTF8.GetString(byName["w.weight.quant_state.bitsandbytes__nf4"].Data.Span);
         Assert.StartsWith("{\"quant_type\": \"nf4\", \"blocksize\": 64, \"dtype\": \"float16\", \"shape\": [256, 300], \"nested_blocksize\": 256, \"nested_dtype\": \"float32\", \"nested_offset\": ", json);
         double mean = 0;
@@ -246,7 +246,7 @@ public class PeftAndBnbTests
     {
         using var dir = new TempDir();
         string path = dir.File("partial.safetensors");
-        SafeTensorsWriter.Write(path, BitsAndBytesNf4.CreateEntries("w.weight", QuantizeRandom(4, 64, 2)).Where(e => !e.Name.EndsWith(".quant_map", StringComparison.Ordinal)).ToList());
+        SafeTensorsWriter.Write(path, BitsAndBytesNf4.CreateEntries("w.weight", QuantizeRandom(4, 64, 2)).Where(e => !e.Info.Name.EndsWith(".quant_map", StringComparison.Ordinal)).ToList());
         using SafeTensorsFile file = SafeTensorsFile.Open(path);
         var ex = Assert.Throws<SafeTensorsFormatException>(() => BitsAndBytesNf4.ReadNf4(file, "w.weight"));
         Assert.Contains("quant_map", ex.Message);

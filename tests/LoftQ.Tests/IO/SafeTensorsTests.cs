@@ -17,31 +17,31 @@ public class SafeTensorsTests
         var entries = new List<SafeTensorEntry>();
         foreach (SafeTensorDType dtype in Enum.GetValues<SafeTensorDType>())
         {
-            long[] shape = [3, 5, 2];
+            TensorShape shape = [3, 5, 2];
             var data = new byte[30 * dtype.ElementSize()];
             rng.NextBytes(data);
-            entries.Add(new SafeTensorEntry("t." + dtype, dtype, shape, data));
+            entries.Add(SafeTensorEntry.FromBytes("t." + dtype, dtype, shape, data));
         }
 
-        entries.Add(new SafeTensorEntry("scalar", SafeTensorDType.F32, [], BitConverter.GetBytes(3.5f)));
-        entries.Add(new SafeTensorEntry("empty", SafeTensorDType.BF16, [0, 7], Array.Empty<byte>()));
+        entries.Add(SafeTensorEntry.FromBytes("scalar", SafeTensorDType.F32, [], BitConverter.GetBytes(3.5f)));
+        entries.Add(SafeTensorEntry.FromBytes("empty", SafeTensorDType.BF16, [0, 7], Array.Empty<byte>()));
         var metadata = new Dictionary<string, string> { ["format"] = "pt", ["note"] = "ünïcode ✓" };
         string path = dir.File("all.safetensors");
         SafeTensorsWriter.Write(path, entries, metadata);
 
         using SafeTensorsFile file = SafeTensorsFile.Open(path);
-        Assert.Equal(entries.Select(e => e.Name), file.Tensors.Select(t => t.Name)); // file order = the order given
+        Assert.Equal(entries.Select(e => e.Info.Name), file.Tensors.Select(t => t.Name)); // file order = the order given
         Assert.Equal(metadata, file.Metadata);
         Assert.Equal(0, file.DataStart % 8);
         foreach (SafeTensorEntry e in entries)
         {
-            SafeTensorInfo info = file.GetInfo(e.Name);
-            Assert.Equal(e.DType, info.DType);
-            Assert.Equal(e.Shape, info.Shape);
+            SafeTensorInfo info = file.GetInfo(e.Info.Name);
+            Assert.Equal(e.Info.DType, info.DType);
+            Assert.Equal(e.Info.Shape, info.Shape);
             Assert.Equal(e.Data.Length, info.ByteLength);
-            Assert.True(e.Data.Span.SequenceEqual(file.GetBytes(e.Name)), e.Name);
+            Assert.True(e.Data.Span.SequenceEqual(file.GetBytes(e.Info.Name)), e.Info.Name);
             var copy = new byte[e.Data.Length];
-            file.CopyBytes(e.Name, 0, copy);
+            file.CopyBytes(e.Info.Name, 0, copy);
             Assert.Equal(e.Data.ToArray(), copy);
         }
 
@@ -110,8 +110,8 @@ public class SafeTensorsTests
         string path = dir.File("d.safetensors");
         double[] d = [1.5, -2.25, 1e-3];
         SafeTensorsWriter.Write(path, [
-            new SafeTensorEntry("d", SafeTensorDType.F64, [3], MemoryMarshal.AsBytes(d.AsSpan()).ToArray()),
-            new SafeTensorEntry("i", SafeTensorDType.I32, [1], new byte[4]),
+            SafeTensorEntry.FromBytes("d", SafeTensorDType.F64, [3], MemoryMarshal.AsBytes(d.AsSpan()).ToArray()),
+            SafeTensorEntry.FromBytes("i", SafeTensorDType.I32, [1], new byte[4]),
         ]);
         using SafeTensorsFile file = SafeTensorsFile.Open(path);
         Assert.Equal([1.5f, -2.25f, 1e-3f], file.ReadAsSingle("d"));
@@ -167,9 +167,9 @@ public class SafeTensorsTests
         }
 
         using (SafeTensorsWriter w = SafeTensorsWriter.Create(path, [
-            new SafeTensorDescriptor("bytes", SafeTensorDType.U8, [10]),
-            new SafeTensorDescriptor("big", SafeTensorDType.BF16, [200, 1000]),
-            new SafeTensorDescriptor("none", SafeTensorDType.F32, [0]),
+            new SafeTensorInfo("bytes", SafeTensorDType.U8, [10]),
+            new SafeTensorInfo("big", SafeTensorDType.BF16, [200, 1000]),
+            new SafeTensorInfo("none", SafeTensorDType.F32, [0]),
         ]))
         {
             Assert.Equal("bytes", w.NextTensor!.Name);
@@ -207,8 +207,8 @@ public class SafeTensorsTests
         Action failingWrite = () =>
         {
             using SafeTensorsWriter w = SafeTensorsWriter.Create(path, [
-                new SafeTensorDescriptor("a", SafeTensorDType.F32, [4]),
-                new SafeTensorDescriptor("b", SafeTensorDType.F32, [4]),
+                new SafeTensorInfo("a", SafeTensorDType.F32, [4]),
+                new SafeTensorInfo("b", SafeTensorDType.F32, [4]),
             ]);
             temp = w.TemporaryPath;
             w.WriteSingle("a", [1f, 2f, 3f, 4f]);
@@ -230,7 +230,7 @@ public class SafeTensorsTests
         string path = dir.File("keep.safetensors");
         SafeTensorsWriter.Write(path, [SafeTensorEntry.FromSingle("old", [1], [42f])]);
         byte[] before = File.ReadAllBytes(path);
-        using (SafeTensorsWriter w = SafeTensorsWriter.Create(path, [new SafeTensorDescriptor("new", SafeTensorDType.F32, [2])]))
+        using (SafeTensorsWriter w = SafeTensorsWriter.Create(path, [new SafeTensorInfo("new", SafeTensorDType.F32, [2])]))
         {
             w.WriteChunk(new byte[4]); // abandoned half way
         }
@@ -241,7 +241,7 @@ public class SafeTensorsTests
         // Static Write validates every entry before creating anything.
         Assert.Throws<ArgumentException>(() => SafeTensorsWriter.Write(path, [
             SafeTensorEntry.FromSingle("ok", [1], [1f]),
-            new SafeTensorEntry("bad", SafeTensorDType.F32, [2], new byte[7]),
+            SafeTensorEntry.FromBytes("bad", SafeTensorDType.F32, [2], new byte[7]),
         ]));
         Assert.Equal(before, File.ReadAllBytes(path));
         Assert.Single(Directory.GetFiles(dir.Path));
@@ -254,8 +254,8 @@ public class SafeTensorsTests
         string path = dir.File("bad.safetensors");
         Assert.Throws<ArgumentException>(() => SafeTensorsWriter.Write(path, [SafeTensorEntry.FromSingle("a", [1], [1f]), SafeTensorEntry.FromSingle("a", [1], [1f])]));
         Assert.Throws<ArgumentException>(() => SafeTensorsWriter.Write(path, [SafeTensorEntry.FromSingle("__metadata__", [1], [1f])]));
-        Assert.Throws<ArgumentException>(() => SafeTensorsWriter.Create(path, [new SafeTensorDescriptor("n", SafeTensorDType.F32, [-1])]));
-        Assert.Throws<ArgumentException>(() => SafeTensorsWriter.Create(path, [new SafeTensorDescriptor("o", SafeTensorDType.F32, [long.MaxValue, 2])]));
+        Assert.Throws<ArgumentException>(() => SafeTensorsWriter.Create(path, [new SafeTensorInfo("n", SafeTensorDType.F32, [-1])]));
+        Assert.Throws<ArgumentException>(() => SafeTensorsWriter.Create(path, [new SafeTensorInfo("o", SafeTensorDType.F32, [int.MaxValue, int.MaxValue, int.MaxValue])]));
         Assert.Throws<ArgumentException>(() => SafeTensorEntry.FromSingle("x", [2], [1f]));
         Assert.Throws<ArgumentException>(() => SafeTensorEntry.FromSingle("x", [1], [1f], SafeTensorDType.I8));
         Assert.Empty(Directory.GetFiles(dir.Path));
@@ -273,8 +273,8 @@ public class SafeTensorsTests
         { "missing shape", "{\"a\": {\"dtype\": \"F32\", \"data_offsets\": [0, 4]}}", 4, "shape" },
         { "negative dim", "{\"a\": {\"dtype\": \"F32\", \"shape\": [-1], \"data_offsets\": [0, 4]}}", 4, "non-negative" },
         { "fractional dim", "{\"a\": {\"dtype\": \"F32\", \"shape\": [1.5], \"data_offsets\": [0, 4]}}", 4, "non-negative integers" },
-        { "shape overflow", "{\"a\": {\"dtype\": \"F32\", \"shape\": [4294967296, 4294967296], \"data_offsets\": [0, 4]}}", 4, "overflows" },
-        { "byte length overflow", "{\"a\": {\"dtype\": \"F64\", \"shape\": [4611686018427387904], \"data_offsets\": [0, 4]}}", 4, "overflows" },
+        { "shape overflow", "{\"a\": {\"dtype\": \"F32\", \"shape\": [2147483647, 2147483647, 2147483647], \"data_offsets\": [0, 4]}}", 4, "overflows" },
+        { "byte length overflow", "{\"a\": {\"dtype\": \"F64\", \"shape\": [2147483647, 2147483647, 2], \"data_offsets\": [0, 4]}}", 4, "overflows" },
         { "missing offsets", "{\"a\": {\"dtype\": \"F32\", \"shape\": [1]}}", 4, "data_offsets" },
         { "three offsets", "{\"a\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [0, 4, 8]}}", 4, "data_offsets" },
         { "negative offset", "{\"a\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [-4, 0]}}", 4, "non-negative" },

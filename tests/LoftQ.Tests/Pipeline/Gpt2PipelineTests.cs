@@ -32,12 +32,12 @@ public sealed class Gpt2PipelineTests
             (long[] storedShape, float[] stored) = tensors[layer.Name];
             int inF = (int)storedShape[0], outF = (int)storedShape[1];
             Assert.Equal([outF, inF], layer.Shape);
-            Assert.Equal(storedShape, backbone.GetInfo(layer.Name).Shape);
+            Assert.Equal(TensorShape.FromInt64(storedShape), backbone.GetInfo(layer.Name).Shape);
             string module = layer.Name[..^".weight".Length];
             SafeTensorInfo a = adapter.GetInfo($"base_model.model.{module}.lora_A.weight");
             SafeTensorInfo b = adapter.GetInfo($"base_model.model.{module}.lora_B.weight");
-            Assert.Equal([8L, inF], a.Shape);
-            Assert.Equal([(long)outF, 8L], b.Shape);
+            Assert.Equal<TensorShape>([8, inF], a.Shape);
+            Assert.Equal<TensorShape>([outF, 8], b.Shape);
 
             // In PyTorch's orientation W = storedᵀ (out×in); the backbone is stored the same way.
             float[] w = TransposeOf(stored, inF, outF);
@@ -116,7 +116,7 @@ public sealed class Gpt2PipelineTests
 
         SafeTensorsWriter.Write(
             Path.Combine(directory, "model.safetensors"),
-            tensors.Select(kv => new SafeTensorEntry(kv.Key, SafeTensorDType.F32, kv.Value.Item1, MemoryMarshal.AsBytes(kv.Value.Item2.AsSpan()).ToArray())).ToList());
+            tensors.Select(kv => SafeTensorEntry.FromBytes(kv.Key, SafeTensorDType.F32, TensorShape.FromInt64(kv.Value.Item1), MemoryMarshal.AsBytes(kv.Value.Item2.AsSpan()).ToArray())).ToList());
         return tensors;
     }
 }

@@ -49,7 +49,7 @@ public sealed class MemoryTests
 
         shapes.Add(("model.norm.weight", [hidden]));
         shapes.Add(("lm_head.weight", [vocab, hidden]));
-        using (SafeTensorsWriter writer = SafeTensorsWriter.Create(Path.Combine(directory, "model.safetensors"), shapes.Select(s => new SafeTensorDescriptor(s.Name, SafeTensorDType.BF16, s.Shape)).ToList()))
+        using (SafeTensorsWriter writer = SafeTensorsWriter.Create(Path.Combine(directory, "model.safetensors"), shapes.Select(s => new SafeTensorInfo(s.Name, SafeTensorDType.BF16, TensorShape.FromInt64(s.Shape))).ToList()))
         {
             int seed = 0;
             foreach ((string name, long[] shape) in shapes)

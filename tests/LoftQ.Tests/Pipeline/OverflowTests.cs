@@ -41,7 +41,7 @@ public sealed class OverflowTests
         using var dir = new TempDirectory();
         var values = new float[200_000];
         values[150_001] = 1e6f;
-        using SafeTensorsWriter writer = SafeTensorsWriter.Create(dir.Combine("a.safetensors"), [new SafeTensorDescriptor("big", SafeTensorDType.F16, [values.Length])]);
+        using SafeTensorsWriter writer = SafeTensorsWriter.Create(dir.Combine("a.safetensors"), [new SafeTensorInfo("big", SafeTensorDType.F16, [values.Length])]);
         OverflowException e = Assert.Throws<OverflowException>(() => writer.WriteSingle("big", values));
         Assert.Contains("element 150001", e.Message, StringComparison.Ordinal);
     }

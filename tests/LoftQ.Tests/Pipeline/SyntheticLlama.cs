@@ -1,3 +1,4 @@
+using LoftQNet.Numerics;
 using System.Text.Json.Nodes;
 using LoftQNet.IO;
 using LoftQNet.Pipeline;
@@ -54,8 +55,8 @@ internal static class SyntheticLlama
 
             // F32 is written raw, so tests can plant NaN or infinity in the input.
             entries.Add(dtype == SafeTensorDType.F32
-                ? SafeTensorEntry.FromBytes(name, dtype, shape, System.Runtime.InteropServices.MemoryMarshal.AsBytes(values.AsSpan()).ToArray())
-                : SafeTensorEntry.FromSingle(name, shape, values, dtype));
+                ? SafeTensorEntry.FromBytes(name, dtype, TensorShape.FromInt64(shape), System.Runtime.InteropServices.MemoryMarshal.AsBytes(values.AsSpan()).ToArray())
+                : SafeTensorEntry.FromSingle(name, TensorShape.FromInt64(shape), values, dtype));
         }
 
         SafeTensorsWriter.Write(Path.Combine(directory, HuggingFaceCheckpoint.SingleFileName), entries);

@@ -1,3 +1,4 @@
+using LoftQNet.Numerics;
 using System.Globalization;
 using LoftQNet.IO;
 using LoftQNet.TorchSharp.Models;
@@ -240,7 +241,7 @@ public sealed class LlamaCheckpointTests(ITestOutputHelper output)
             }
 
             result[name] = (shape, values);
-            entries.Add(SafeTensorEntry.FromSingle(name, shape, values, dtype));
+            entries.Add(SafeTensorEntry.FromSingle(name, TensorShape.FromInt64(shape), values, dtype));
         }
 
         SafeTensorsWriter.Write(Path.Combine(dir, "model.safetensors"), entries, new Dictionary<string, string> { ["format"] = "pt" });
