@@ -325,25 +325,25 @@ internal static class CheckpointPipeline
             {
                 cancellationToken.ThrowIfCancellationRequested();
                 TargetOutput output;
-            try
-            {
-                output = ProcessTarget(file, targets[i], plan, fanInFanOut, spill);
-            }
-            catch (ArgumentException e)
-            {
-                // E.g. a NaN weight: say which tensor of which file, not only which element.
-                throw new ArgumentException($"Tensor '{targets[i].Name}' in '{file.Path}': {ExplainHugeWeight(file, targets[i])}{e.Message}", e);
-            }
-            catch (OverflowException e)
-            {
-                throw new OverflowException(
-                    $"{e.Message} The input '{file.Path}' stores this weight as {targets[i].DType.ToHeaderString()}; LoftQ's Q quantizes W - B·A, " +
-                    "whose range can exceed W's own. With LoftQOptions.Iterations = 1 (Q = q(W)) it cannot; or convert the checkpoint to a wider dtype.", e);
-            }
-            catch (NotFiniteNumberException e)
-            {
-                throw new NotFiniteNumberException($"{ExplainHugeWeight(file, targets[i])}{e.Message} (input '{file.Path}')", e.OffendingNumber, e);
-            }
+                try
+                {
+                    output = ProcessTarget(file, targets[i], plan, fanInFanOut, spill);
+                }
+                catch (ArgumentException e)
+                {
+                    // E.g. a NaN weight: say which tensor of which file, not only which element.
+                    throw new ArgumentException($"Tensor '{targets[i].Name}' in '{file.Path}': {ExplainHugeWeight(file, targets[i])}{e.Message}", e);
+                }
+                catch (OverflowException e)
+                {
+                    throw new OverflowException(
+                        $"{e.Message} The input '{file.Path}' stores this weight as {targets[i].DType.ToHeaderString()}; LoftQ's Q quantizes W - B·A, " +
+                        "whose range can exceed W's own. With LoftQOptions.Iterations = 1 (Q = q(W)) it cannot; or convert the checkpoint to a wider dtype.", e);
+                }
+                catch (NotFiniteNumberException e)
+                {
+                    throw new NotFiniteNumberException($"{ExplainHugeWeight(file, targets[i])}{e.Message} (input '{file.Path}')", e.OffendingNumber, e);
+                }
 
                 if (output.BackboneEntries.Count > 0)
                 {

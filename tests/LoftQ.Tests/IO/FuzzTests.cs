@@ -124,25 +124,25 @@ public sealed class FuzzTests
                 bytes[rng.Next(8)] ^= (byte)(1 << rng.Next(8));
                 return ("prefix bit flip", bytes);
             case 3: // huge, small or random header lengths
-            {
-                ulong[] lengths = [0, 1, 7, 8, 1UL << 63, ulong.MaxValue, (ulong)long.MaxValue, 100_000_000, 100_000_001, (ulong)rng.NextInt64(), (ulong)(headerLength + rng.Next(-16, 16))];
-                BinaryPrimitives.WriteUInt64LittleEndian(bytes, lengths[rng.Next(lengths.Length)]);
-                return ("header length", bytes);
-            }
+                {
+                    ulong[] lengths = [0, 1, 7, 8, 1UL << 63, ulong.MaxValue, (ulong)long.MaxValue, 100_000_000, 100_000_001, (ulong)rng.NextInt64(), (ulong)(headerLength + rng.Next(-16, 16))];
+                    BinaryPrimitives.WriteUInt64LittleEndian(bytes, lengths[rng.Next(lengths.Length)]);
+                    return ("header length", bytes);
+                }
 
             case 4: // replace one number in the header by a bogus one (offsets, dims)
-            {
-                MatchCollection numbers = Regex.Matches(header, "-?\\d+");
-                Match m = numbers[rng.Next(numbers.Count)];
-                string[] bogus = ["-1", "-0", "0", "1", "3", "7", "8", "9223372036854775807", "9223372036854775808", "18446744073709551615", "1e3", "1E400", "4.5", "4.0", "2e0", "99999999999999999999999", "0x10", "NaN", "Infinity", "+4", "04", rng.Next(0, 200).ToString(CultureInfo.InvariantCulture)];
-                return ("bogus number", Rebuild(header[..m.Index] + bogus[rng.Next(bogus.Length)] + header[(m.Index + m.Length)..], valid, headerLength, rng.Next(4) == 0 ? rng.Next(-3, 4) : 0));
-            }
+                {
+                    MatchCollection numbers = Regex.Matches(header, "-?\\d+");
+                    Match m = numbers[rng.Next(numbers.Count)];
+                    string[] bogus = ["-1", "-0", "0", "1", "3", "7", "8", "9223372036854775807", "9223372036854775808", "18446744073709551615", "1e3", "1E400", "4.5", "4.0", "2e0", "99999999999999999999999", "0x10", "NaN", "Infinity", "+4", "04", rng.Next(0, 200).ToString(CultureInfo.InvariantCulture)];
+                    return ("bogus number", Rebuild(header[..m.Index] + bogus[rng.Next(bogus.Length)] + header[(m.Index + m.Length)..], valid, headerLength, rng.Next(4) == 0 ? rng.Next(-3, 4) : 0));
+                }
 
             case 5: // structural JSON damage
-            {
-                string[] edits =
-                [
-                    header.Replace("\"w.f32\"", "\"w.bf16\"", StringComparison.Ordinal), // duplicate name
+                {
+                    string[] edits =
+                    [
+                        header.Replace("\"w.f32\"", "\"w.bf16\"", StringComparison.Ordinal), // duplicate name
                     header.Replace("\"F32\"", "\"F31\"", StringComparison.Ordinal),
                     header.Replace("\"BF16\"", "\"U8\"", StringComparison.Ordinal), // wrong byte length
                     header.Replace("\"shape\"", "\"shap\"", StringComparison.Ordinal),
@@ -159,8 +159,8 @@ public sealed class FuzzTests
                     header.Insert(rng.Next(header.Length), ","),
                     header.Remove(rng.Next(header.Length), 1),
                 ];
-                return ("structural", Rebuild(edits[rng.Next(edits.Length)], valid, headerLength, 0));
-            }
+                    return ("structural", Rebuild(edits[rng.Next(edits.Length)], valid, headerLength, 0));
+                }
 
             case 6: // random bytes anywhere in the header and data
                 for (int k = rng.Next(1, 10); k > 0; k--)
@@ -170,18 +170,18 @@ public sealed class FuzzTests
 
                 return ("random bytes", bytes);
             case 7: // grow or shrink the data region
-            {
-                int delta = rng.Next(-20, 21);
-                var resized = new byte[Math.Max(0, bytes.Length + delta)];
-                Array.Copy(bytes, resized, Math.Min(bytes.Length, resized.Length));
-                return ("resize data", resized);
-            }
+                {
+                    int delta = rng.Next(-20, 21);
+                    var resized = new byte[Math.Max(0, bytes.Length + delta)];
+                    Array.Copy(bytes, resized, Math.Min(bytes.Length, resized.Length));
+                    return ("resize data", resized);
+                }
 
             case 8: // wrong dtype names
-            {
-                string[] dtypes = ["f32", "float32", "FLOAT", "", " F32", "F32 ", "BOOL", "U8", "I8", "I16", "U16", "F16", "BF16", "I32", "U32", "F32", "F64", "I64", "U64", "F8_E4M3", "F8_E5M2", "F4", "Q4_0", "\u00c9", "F32\u0000", "\\u0046\\u0033\\u0032"];
-                return ("dtype", EditTensor(header, valid, headerLength, rng, (t, _) => t["dtype"] = dtypes[rng.Next(dtypes.Length)]));
-            }
+                {
+                    string[] dtypes = ["f32", "float32", "FLOAT", "", " F32", "F32 ", "BOOL", "U8", "I8", "I16", "U16", "F16", "BF16", "I32", "U32", "F32", "F64", "I64", "U64", "F8_E4M3", "F8_E5M2", "F4", "Q4_0", "\u00c9", "F32\u0000", "\\u0046\\u0033\\u0032"];
+                    return ("dtype", EditTensor(header, valid, headerLength, rng, (t, _) => t["dtype"] = dtypes[rng.Next(dtypes.Length)]));
+                }
 
             case 9: // data_offsets: negative, overlapping, out of range, swapped, ill-typed
                 return ("offsets", EditTensor(header, valid, headerLength, rng, (t, all) =>
@@ -226,11 +226,11 @@ public sealed class FuzzTests
                     };
                 }));
             case 11: // duplicate keys: tensor names, fields, metadata
-            {
-                int at = header.IndexOf("\"dtype\"", StringComparison.Ordinal);
-                string[] edits =
-                [
-                    header.Insert(at, "\"dtype\":\"F32\","),
+                {
+                    int at = header.IndexOf("\"dtype\"", StringComparison.Ordinal);
+                    string[] edits =
+                    [
+                        header.Insert(at, "\"dtype\":\"F32\","),
                     header.Insert(header.IndexOf("\"shape\"", StringComparison.Ordinal), "\"shape\":[1],"),
                     header.Insert(header.IndexOf("\"data_offsets\"", StringComparison.Ordinal), "\"data_offsets\":[0,0],"),
                     header.Replace("\"format\":\"pt\"", "\"format\":\"pt\",\"format\":\"pt\"", StringComparison.Ordinal),
@@ -238,56 +238,56 @@ public sealed class FuzzTests
                     header[..^1] + ",\"w.u8\":{\"dtype\":\"U8\",\"shape\":[0],\"data_offsets\":[0,0]}}",
                     header[..^1] + ",\"w.e2\":{\"dtype\":\"U8\",\"shape\":[0],\"data_offsets\":[0,0]},\"w.e2\":{\"dtype\":\"U8\",\"shape\":[0],\"data_offsets\":[0,0]}}",
                 ];
-                return ("duplicates", Rebuild(edits[rng.Next(edits.Length)], valid, headerLength, 0));
-            }
+                    return ("duplicates", Rebuild(edits[rng.Next(edits.Length)], valid, headerLength, 0));
+                }
 
             case 12: // deep nesting inside a tensor entry, the metadata or an unknown field
-            {
-                int depth = new[] { 30, 62, 63, 64, 65, 200, 5000 }[rng.Next(7)];
-                string nested = new string('[', depth) + new string(']', depth);
-                string nestedObject = string.Concat(Enumerable.Repeat("{\"a\":", depth)) + "1" + new string('}', depth);
-                string[] edits =
-                [
-                    header.Insert(header.IndexOf("\"dtype\"", StringComparison.Ordinal), $"\"extra\":{nested},"),
+                {
+                    int depth = new[] { 30, 62, 63, 64, 65, 200, 5000 }[rng.Next(7)];
+                    string nested = new string('[', depth) + new string(']', depth);
+                    string nestedObject = string.Concat(Enumerable.Repeat("{\"a\":", depth)) + "1" + new string('}', depth);
+                    string[] edits =
+                    [
+                        header.Insert(header.IndexOf("\"dtype\"", StringComparison.Ordinal), $"\"extra\":{nested},"),
                     header.Insert(header.IndexOf("\"dtype\"", StringComparison.Ordinal), $"\"extra\":{nestedObject},"),
                     header.Replace("\"pt\"", nested, StringComparison.Ordinal),
                     header[..^1] + $",\"deep\":{nestedObject}}}",
                 ];
-                return ("nesting", Rebuild(edits[rng.Next(edits.Length)], valid, headerLength, 0));
-            }
+                    return ("nesting", Rebuild(edits[rng.Next(edits.Length)], valid, headerLength, 0));
+                }
 
             case 13: // __metadata__ with non-string values
-            {
-                string[] values = ["1", "null", "true", "[]", "{}", "[\"pt\"]", "{\"a\":\"b\"}", "1.5", "\"\"", "\"\\u0000\"", "\"\\ud800\"", "\"\u00e9\u4e2d\ud83d\ude00\""];
-                string v = values[rng.Next(values.Length)];
-                string[] edits =
-                [
-                    header.Replace("\"pt\"", v, StringComparison.Ordinal),
+                {
+                    string[] values = ["1", "null", "true", "[]", "{}", "[\"pt\"]", "{\"a\":\"b\"}", "1.5", "\"\"", "\"\\u0000\"", "\"\\ud800\"", "\"\u00e9\u4e2d\ud83d\ude00\""];
+                    string v = values[rng.Next(values.Length)];
+                    string[] edits =
+                    [
+                        header.Replace("\"pt\"", v, StringComparison.Ordinal),
                     header.Replace("{\"format\":\"pt\"}", v, StringComparison.Ordinal),
                     header.Replace("\"format\"", v.StartsWith('"') ? v : "\"k\"", StringComparison.Ordinal),
                 ];
-                return ("metadata", Rebuild(edits[rng.Next(edits.Length)], valid, headerLength, 0));
-            }
+                    return ("metadata", Rebuild(edits[rng.Next(edits.Length)], valid, headerLength, 0));
+                }
 
             case 14: // trailing garbage after the JSON, padding, garbage after the data
-            {
-                string[] tails = [" ", "   ", "\n", "\t", "\u0000", "x", "}", "{}", "null", ",", "\u00a0", "\ufeff"];
-                string tail = string.Concat(Enumerable.Repeat(tails[rng.Next(tails.Length)], rng.Next(1, 9)));
-                return rng.Next(3) switch
                 {
-                    0 => ("trailing header garbage", Rebuild(header + tail, valid, headerLength, 0)),
-                    1 => ("leading header garbage", Rebuild(tail + header, valid, headerLength, 0)),
-                    _ => ("trailing file garbage", [.. bytes, .. Encoding.UTF8.GetBytes(tail)]),
-                };
-            }
+                    string[] tails = [" ", "   ", "\n", "\t", "\u0000", "x", "}", "{}", "null", ",", "\u00a0", "\ufeff"];
+                    string tail = string.Concat(Enumerable.Repeat(tails[rng.Next(tails.Length)], rng.Next(1, 9)));
+                    return rng.Next(3) switch
+                    {
+                        0 => ("trailing header garbage", Rebuild(header + tail, valid, headerLength, 0)),
+                        1 => ("leading header garbage", Rebuild(tail + header, valid, headerLength, 0)),
+                        _ => ("trailing file garbage", [.. bytes, .. Encoding.UTF8.GetBytes(tail)]),
+                    };
+                }
 
             default: // unicode and odd tensor names
-            {
-                string[] names = ["\u00e9\u4e2d\ud83d\ude00", "", " ", "\\u0000", "\\ud800", "\\udc00x", "\\ud83d\\ude00", "a\\\\b", "__metadata__", "../../etc/passwd", new string('n', 70_000), "\\\"", "\u200b", "w.f32"];
-                string name = names[rng.Next(names.Length)];
-                string[] tensors = ["\"w.bf16\"", "\"w.f32\"", "\"w.f16\"", "\"w.u8\"", "\"w.f64\"", "\"w.empty\""];
-                return ("names", Rebuild(header.Replace(tensors[rng.Next(tensors.Length)], "\"" + name + "\"", StringComparison.Ordinal), valid, headerLength, 0));
-            }
+                {
+                    string[] names = ["\u00e9\u4e2d\ud83d\ude00", "", " ", "\\u0000", "\\ud800", "\\udc00x", "\\ud83d\\ude00", "a\\\\b", "__metadata__", "../../etc/passwd", new string('n', 70_000), "\\\"", "\u200b", "w.f32"];
+                    string name = names[rng.Next(names.Length)];
+                    string[] tensors = ["\"w.bf16\"", "\"w.f32\"", "\"w.f16\"", "\"w.u8\"", "\"w.f64\"", "\"w.empty\""];
+                    return ("names", Rebuild(header.Replace(tensors[rng.Next(tensors.Length)], "\"" + name + "\"", StringComparison.Ordinal), valid, headerLength, 0));
+                }
         }
     }
 
@@ -387,126 +387,126 @@ public sealed class FuzzTests
         switch (iteration % 12)
         {
             case 0: // valid, possibly with harmless variations
-            {
-                kind = "valid";
-                string[] metas = ["{\"total_size\": 64}", "null", "{}", "{\"a\": [1, 2], \"b\": {\"c\": null}, \"d\": \"\u00e9\"}", "{\"total_size\": 1e400}"];
-                metadata = metas[rng.Next(metas.Length)];
-                Shuffle(rng, map);
-                break;
-            }
+                {
+                    kind = "valid";
+                    string[] metas = ["{\"total_size\": 64}", "null", "{}", "{\"a\": [1, 2], \"b\": {\"c\": null}, \"d\": \"\u00e9\"}", "{\"total_size\": 1e400}"];
+                    metadata = metas[rng.Next(metas.Length)];
+                    Shuffle(rng, map);
+                    break;
+                }
 
             case 1: // a tensor missing from the map
                 kind = "missing tensor";
                 map.RemoveAt(rng.Next(map.Count));
                 break;
             case 2: // an extra tensor mapped to an existing shard that lacks it, or to the extra shard
-            {
-                kind = "extra tensor";
-                string[] shards = [s_shardA[0], s_shardB[0], "other.safetensors"];
-                string[] names = ["x.0", "zz", "a.0 ", "A.0", "n.0", ""];
-                map.Insert(rng.Next(map.Count + 1), (Q(names[rng.Next(names.Length)]), Q(shards[rng.Next(shards.Length)])));
-                break;
-            }
+                {
+                    kind = "extra tensor";
+                    string[] shards = [s_shardA[0], s_shardB[0], "other.safetensors"];
+                    string[] names = ["x.0", "zz", "a.0 ", "A.0", "n.0", ""];
+                    map.Insert(rng.Next(map.Count + 1), (Q(names[rng.Next(names.Length)]), Q(shards[rng.Next(shards.Length)])));
+                    break;
+                }
 
             case 3: // a shard that is absent, outside, nested, a directory, not safetensors, or an odd name
-            {
-                kind = "bad shard path";
-                string[] paths =
-                [
-                    "model-00003-of-00002.safetensors", "../outside.safetensors", "..", ".", "", "sub", "sub/nested.safetensors",
+                {
+                    kind = "bad shard path";
+                    string[] paths =
+                    [
+                        "model-00003-of-00002.safetensors", "../outside.safetensors", "..", ".", "", "sub", "sub/nested.safetensors",
                     "sub\\\\nested.safetensors", "/etc/passwd", "garbage.bin", "empty.safetensors", "config.json", HuggingFaceCheckpoint.IndexFileName,
                     "a\\u0000b", "\\ud800", "\u00e9\u4e2d.safetensors", new string('s', 300), " ", "./" + s_shardA[0], "..\\\\outside.safetensors",
                     "MODEL-00001-OF-00002.SAFETENSORS",
                 ];
-                int i = rng.Next(map.Count);
-                map[i] = (map[i].Key, Q(paths[rng.Next(paths.Length)]));
-                break;
-            }
+                    int i = rng.Next(map.Count);
+                    map[i] = (map[i].Key, Q(paths[rng.Next(paths.Length)]));
+                    break;
+                }
 
             case 4: // wrong value types
-            {
-                kind = "value type";
-                string[] values = ["1", "null", "true", "[]", "{}", "[\"model-00001-of-00002.safetensors\"]", "1.5", "{\"file\": \"x\"}"];
-                int i = rng.Next(map.Count);
-                map[i] = (map[i].Key, values[rng.Next(values.Length)]);
-                break;
-            }
+                {
+                    kind = "value type";
+                    string[] values = ["1", "null", "true", "[]", "{}", "[\"model-00001-of-00002.safetensors\"]", "1.5", "{\"file\": \"x\"}"];
+                    int i = rng.Next(map.Count);
+                    map[i] = (map[i].Key, values[rng.Next(values.Length)]);
+                    break;
+                }
 
             case 5: // a tensor listed in the wrong shard
-            {
-                kind = "wrong shard";
-                int i = rng.Next(map.Count);
-                map[i] = (map[i].Key, map[i].Value == Q(s_shardA[0]) ? Q(s_shardB[0]) : Q(s_shardA[0]));
-                break;
-            }
+                {
+                    kind = "wrong shard";
+                    int i = rng.Next(map.Count);
+                    map[i] = (map[i].Key, map[i].Value == Q(s_shardA[0]) ? Q(s_shardB[0]) : Q(s_shardA[0]));
+                    break;
+                }
 
             case 6: // duplicates
-            {
-                kind = "duplicate";
-                (string key, string value) = map[rng.Next(map.Count)];
-                map.Insert(rng.Next(map.Count + 1), (key, rng.Next(2) == 0 ? value : Q(s_shardB[0])));
-                break;
-            }
+                {
+                    kind = "duplicate";
+                    (string key, string value) = map[rng.Next(map.Count)];
+                    map.Insert(rng.Next(map.Count + 1), (key, rng.Next(2) == 0 ? value : Q(s_shardB[0])));
+                    break;
+                }
 
             case 7: // an empty map, or only some of the shards
                 kind = "empty or partial map";
                 map.RemoveAll(_ => rng.Next(3) > 0);
                 break;
             case 8: // weight_map / metadata of the wrong type, or missing
-            {
-                kind = "top-level type";
-                string[] roots =
-                [
-                    "{\"metadata\": {}}", "{\"weight_map\": []}", "{\"weight_map\": null}", "{\"weight_map\": \"x\"}", "{\"weight_map\": 1}",
+                {
+                    kind = "top-level type";
+                    string[] roots =
+                    [
+                        "{\"metadata\": {}}", "{\"weight_map\": []}", "{\"weight_map\": null}", "{\"weight_map\": \"x\"}", "{\"weight_map\": 1}",
                     "{\"metadata\": [], \"weight_map\": " + Map(map) + "}", "{\"metadata\": \"x\", \"weight_map\": " + Map(map) + "}",
                     "{\"metadata\": 1, \"weight_map\": " + Map(map) + "}", "[]", "null", "\"weight_map\"", "1", "{}",
                     "{\"weight_map\": " + Map(map) + ", \"weight_map\": {}}", "{\"weight_map\": {}, \"weight_map\": " + Map(map) + "}",
                     "{\"Weight_Map\": " + Map(map) + "}",
                 ];
-                return (kind, Encoding.UTF8.GetBytes(roots[rng.Next(roots.Length)]));
-            }
+                    return (kind, Encoding.UTF8.GetBytes(roots[rng.Next(roots.Length)]));
+                }
 
             case 9: // odd tensor names (unicode, escapes, lone surrogates)
-            {
-                kind = "tensor names";
-                string[] names = ["\u00e9\u4e2d\ud83d\ude00", "\\u0061.0", "\\ud800", "\\udc00", "a.0\\u0000", "\\\"", "__metadata__", new string('t', 5000)];
-                int i = rng.Next(map.Count);
-                map[i] = ("\"" + names[rng.Next(names.Length)] + "\"", map[i].Value);
-                break;
-            }
+                {
+                    kind = "tensor names";
+                    string[] names = ["\u00e9\u4e2d\ud83d\ude00", "\\u0061.0", "\\ud800", "\\udc00", "a.0\\u0000", "\\\"", "__metadata__", new string('t', 5000)];
+                    int i = rng.Next(map.Count);
+                    map[i] = ("\"" + names[rng.Next(names.Length)] + "\"", map[i].Value);
+                    break;
+                }
 
             default: // bad JSON: truncation, byte damage, invalid UTF-8, deep nesting
-            {
-                byte[] good = Encoding.UTF8.GetBytes(Render(map, metadata));
-                switch (rng.Next(5))
                 {
-                    case 0:
-                        return ("truncated JSON", good.AsSpan(0, rng.Next(good.Length)).ToArray());
-                    case 1:
-                        for (int k = rng.Next(1, 4); k > 0; k--)
-                        {
-                            good[rng.Next(good.Length)] = (byte)rng.Next(256);
-                        }
-
-                        return ("random bytes", good);
-                    case 2:
+                    byte[] good = Encoding.UTF8.GetBytes(Render(map, metadata));
+                    switch (rng.Next(5))
                     {
-                        // invalid UTF-8 inside a string (a key or a shard name)
-                        int quote = IndexOfNth(good, (byte)'"', rng.Next(1, 8));
-                        byte[] bad = [0xff, 0xc0, 0x80, 0xed, 0xa0, 0x80];
-                        return ("invalid UTF-8", [.. good.AsSpan(0, quote + 1), .. bad.AsSpan(rng.Next(3) * 2, 2), .. good.AsSpan(quote + 1)]);
-                    }
+                        case 0:
+                            return ("truncated JSON", good.AsSpan(0, rng.Next(good.Length)).ToArray());
+                        case 1:
+                            for (int k = rng.Next(1, 4); k > 0; k--)
+                            {
+                                good[rng.Next(good.Length)] = (byte)rng.Next(256);
+                            }
 
-                    case 3:
-                    {
-                        int depth = new[] { 63, 64, 65, 1000, 100_000 }[rng.Next(5)];
-                        return ("deep nesting", Encoding.UTF8.GetBytes("{\"metadata\": " + string.Concat(Enumerable.Repeat("{\"a\":", depth)) + "1" + new string('}', depth) + ", \"weight_map\": " + Map(map) + "}"));
-                    }
+                            return ("random bytes", good);
+                        case 2:
+                            {
+                                // invalid UTF-8 inside a string (a key or a shard name)
+                                int quote = IndexOfNth(good, (byte)'"', rng.Next(1, 8));
+                                byte[] bad = [0xff, 0xc0, 0x80, 0xed, 0xa0, 0x80];
+                                return ("invalid UTF-8", [.. good.AsSpan(0, quote + 1), .. bad.AsSpan(rng.Next(3) * 2, 2), .. good.AsSpan(quote + 1)]);
+                            }
 
-                    default:
-                        return ("BOM and trailing", [0xef, 0xbb, 0xbf, .. good, .. "\n,"u8]);
+                        case 3:
+                            {
+                                int depth = new[] { 63, 64, 65, 1000, 100_000 }[rng.Next(5)];
+                                return ("deep nesting", Encoding.UTF8.GetBytes("{\"metadata\": " + string.Concat(Enumerable.Repeat("{\"a\":", depth)) + "1" + new string('}', depth) + ", \"weight_map\": " + Map(map) + "}"));
+                            }
+
+                        default:
+                            return ("BOM and trailing", [0xef, 0xbb, 0xbf, .. good, .. "\n,"u8]);
+                    }
                 }
-            }
         }
 
         // Sometimes stack a second, independent change.
@@ -666,50 +666,50 @@ public sealed class FuzzTests
         switch (iteration % 10)
         {
             case 0: // bad JSON and non-object roots
-            {
-                string good = Render(members);
-                string[] texts =
-                [
-                    good[..rng.Next(good.Length)], "[]", "null", "1", "\"config\"", "true", "", " ", "{", "}", "{}",
+                {
+                    string good = Render(members);
+                    string[] texts =
+                    [
+                        good[..rng.Next(good.Length)], "[]", "null", "1", "\"config\"", "true", "", " ", "{", "}", "{}",
                     good.Insert(rng.Next(good.Length), "\u0000"), good + ",", good + "}", "\ufeff" + good, good.Replace(':', '='),
                     new string('[', 100) + new string(']', 100), string.Concat(Enumerable.Repeat("{\"a\":", 70)) + "1" + new string('}', 70),
                     "{\"model_type\": \"llama\" // comment\n}", "{'model_type': 'llama'}", "{\"model_type\": \"llama\",}",
                 ];
-                return ("bad JSON", texts[rng.Next(texts.Length)]);
-            }
-
-            case 2: // rope_parameters variants
-            {
-                members.RemoveAll(m => m.Key == "rope_theta" && rng.Next(3) > 0);
-                members.Add(("rope_parameters", s_ropeValues[rng.Next(s_ropeValues.Length)]));
-                return ("rope_parameters", Render(members));
-            }
-
-            case 3: // duplicate keys
-            {
-                (string key, _) = members[rng.Next(members.Count)];
-                members.Insert(rng.Next(members.Count + 1), (key, s_configValues[rng.Next(1, s_configValues.Length)]));
-                return ("duplicate " + key, Render(members));
-            }
-
-            default: // one to three keys set to odd values (or removed)
-            {
-                var changed = new List<string>();
-                for (int k = rng.Next(1, 4); k > 0; k--)
-                {
-                    string key = s_configKeys[rng.Next(s_configKeys.Length)];
-                    string value = s_configValues[rng.Next(s_configValues.Length)];
-                    members.RemoveAll(m => m.Key == key);
-                    if (value != "<remove>")
-                    {
-                        members.Add((key, value));
-                    }
-
-                    changed.Add($"{key}={value}");
+                    return ("bad JSON", texts[rng.Next(texts.Length)]);
                 }
 
-                return (string.Join(", ", changed), Render(members));
-            }
+            case 2: // rope_parameters variants
+                {
+                    members.RemoveAll(m => m.Key == "rope_theta" && rng.Next(3) > 0);
+                    members.Add(("rope_parameters", s_ropeValues[rng.Next(s_ropeValues.Length)]));
+                    return ("rope_parameters", Render(members));
+                }
+
+            case 3: // duplicate keys
+                {
+                    (string key, _) = members[rng.Next(members.Count)];
+                    members.Insert(rng.Next(members.Count + 1), (key, s_configValues[rng.Next(1, s_configValues.Length)]));
+                    return ("duplicate " + key, Render(members));
+                }
+
+            default: // one to three keys set to odd values (or removed)
+                {
+                    var changed = new List<string>();
+                    for (int k = rng.Next(1, 4); k > 0; k--)
+                    {
+                        string key = s_configKeys[rng.Next(s_configKeys.Length)];
+                        string value = s_configValues[rng.Next(s_configValues.Length)];
+                        members.RemoveAll(m => m.Key == key);
+                        if (value != "<remove>")
+                        {
+                            members.Add((key, value));
+                        }
+
+                        changed.Add($"{key}={value}");
+                    }
+
+                    return (string.Join(", ", changed), Render(members));
+                }
         }
 
         static string Render(List<(string Key, string Value)> m) => "{" + string.Join(", ", m.Select(p => $"\"{p.Key}\": {p.Value}")) + "}";
