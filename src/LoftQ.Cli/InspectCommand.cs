@@ -1,8 +1,8 @@
 using System.Buffers;
 using System.CommandLine;
 using System.Globalization;
-using System.Text.Json;
 using System.Text;
+using System.Text.Json;
 using System.Text.Json.Nodes;
 using LoftQNet.IO;
 

@@ -88,7 +88,7 @@ public static class LoftQModelInitializer
             AddDenseLora(model, options ?? new LoftQOptions(), modelOptions ?? new LoftQModelOptions());
     }
 
-    private static IReadOnlyList<string> AddDenseLora(Module model, LoftQOptions options, LoftQModelOptions modelOptions)
+    private static List<string> AddDenseLora(Module model, LoftQOptions options, LoftQModelOptions modelOptions)
     {
         ArgumentNullException.ThrowIfNull(model);
         TorchRuntime.EnsureLoaded();

@@ -1,5 +1,5 @@
-using LoftQNet.Numerics;
 using LoftQNet.IO;
+using LoftQNet.Numerics;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;

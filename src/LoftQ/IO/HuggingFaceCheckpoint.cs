@@ -1,8 +1,6 @@
 using System.Text.Json;
-
-using LoftQNet.Quantization;
-
 using LoftQNet.Numerics;
+using LoftQNet.Quantization;
 
 namespace LoftQNet.IO;
 

@@ -36,7 +36,7 @@ internal static class TargetSelector
             }
         }
 
-        IReadOnlyList<string> selected = Select(candidates.Select(c => c.Module), list)
+        List<string> selected = Select(candidates.Select(c => c.Module), list)
             .Select(m => m + ".weight").ToList();
         if (selected.Count == 0)
         {

@@ -79,12 +79,13 @@ internal static class CheckpointPipeline
                 // gigabytes of them). The shard is then written from the input and the spill, 1 MiB at a time.
                 using var spill = new BackboneSpill(Path.Combine(staging.Path, ".backbone-spill"));
                 Dictionary<string, SpilledTarget> outputs = ProcessTargets(
-                    file, shardTargets, plan, fanInFanOut, spill, cancellationToken,
+                    file, shardTargets, plan, fanInFanOut, spill,
                     output =>
                     {
                         int completed = Interlocked.Increment(ref done);
                         progress?.Report(new LoftQProgress(LoftQProgressKind.LayerCompleted, completed, targets.Count, output.Report));
-                    });
+                    },
+                    cancellationToken);
 
                 var descriptors = new List<SafeTensorInfo>(file.Tensors.Count);
                 foreach (SafeTensorInfo info in file.Tensors)
@@ -314,7 +315,7 @@ internal static class CheckpointPipeline
 
     private static Dictionary<string, SpilledTarget> ProcessTargets(
         SafeTensorsFile file, List<SafeTensorInfo> targets, LoftQPlan plan,
-        bool fanInFanOut, BackboneSpill spill, CancellationToken cancellationToken, Action<SpilledTarget> completed)
+        bool fanInFanOut, BackboneSpill spill, Action<SpilledTarget> completed, CancellationToken cancellationToken)
     {
         var outputs = new ConcurrentDictionary<string, SpilledTarget>(StringComparer.Ordinal);
         long largest = targets.Count == 0 ? 0 : targets.Max(t => t.ElementCount);

@@ -1,6 +1,6 @@
-using LoftQNet.Numerics;
 using System.Text.Json.Nodes;
 using LoftQNet.IO;
+using LoftQNet.Numerics;
 using LoftQNet.Pipeline;
 
 namespace LoftQNet.Tests.Pipeline;

@@ -1,6 +1,6 @@
-using LoftQNet.Numerics;
 using System.Globalization;
 using LoftQNet.IO;
+using LoftQNet.Numerics;
 using LoftQNet.TorchSharp.Models;
 using TorchSharp;
 using Xunit.Abstractions;
