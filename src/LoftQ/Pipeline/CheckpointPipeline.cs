@@ -21,14 +21,16 @@ internal static class CheckpointPipeline
     /// <summary>Targets at most this large run several at a time, each single-threaded.</summary>
     private const long LayerParallelMaxElements = 4L << 20;
 
-    private const string IndexFileName = "model.safetensors.index.json";
-
+    /// <summary>
+    /// Checks the options and the model, takes the output name (staging), writes every shard (<see cref="WriteShard"/>),
+    /// then the index, the model's other files, the adapter and the report, and moves the output into place.
+    /// </summary>
     public static LoftQReport Run(
         string modelDirectory, string outputDirectory, LoftQOptions options,
         IProgress<LoftQProgress>? progress, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(options);
-        Validate(options);
+        OptionChecks.Validate(options);
         var clock = Stopwatch.StartNew();
         if (!Directory.Exists(modelDirectory))
         {
@@ -42,7 +44,7 @@ internal static class CheckpointPipeline
 
         using HuggingFaceCheckpoint checkpoint = HuggingFaceCheckpoint.Open(modelDirectory);
         ConfigConsistency.Validate(checkpoint);
-        CheckLayerCountForMixedPrecision(options, checkpoint.Config);
+        OptionChecks.CheckLayerCountForMixedPrecision(options, checkpoint.Config);
         IReadOnlyList<string> targets = TargetSelector.Select(checkpoint, options.Targets);
         List<string> warnings = NonMatrixTargetWarnings(checkpoint, options.Targets);
         var targetSet = new HashSet<string>(targets, StringComparer.Ordinal);
@@ -71,54 +73,14 @@ internal static class CheckpointPipeline
             foreach (string shard in checkpoint.ShardFiles)
             {
                 cancellationToken.ThrowIfCancellationRequested();
-                SafeTensorsFile file = checkpoint.OpenShard(shard);
-                List<SafeTensorInfo> shardTargets = file.Tensors.Where(t => targetSet.Contains(t.Name)).ToList();
-
-                // Each finished target's new tensors are parked in a spill file in the staging folder at once, so
-                // memory holds the targets being computed, not the whole shard's output (a 7B model's shard holds
-                // gigabytes of them). The shard is then written from the input and the spill, 1 MiB at a time.
-                using var spill = new BackboneSpill(Path.Combine(staging.Path, ".backbone-spill"));
-                Dictionary<string, SpilledTarget> outputs = ProcessTargets(
-                    file, shardTargets, plan, fanInFanOut, spill,
+                List<SafeTensorInfo> descriptors = WriteShard(
+                    checkpoint, shard, staging.Path, targetSet, plan, fanInFanOut, layers, adapters,
                     output =>
                     {
                         int completed = Interlocked.Increment(ref done);
                         progress?.Report(new LoftQProgress(LoftQProgressKind.LayerCompleted, completed, targets.Count, output.Report));
                     },
                     cancellationToken);
-
-                var descriptors = new List<SafeTensorInfo>(file.Tensors.Count);
-                foreach (SafeTensorInfo info in file.Tensors)
-                {
-                    if (outputs.TryGetValue(info.Name, out SpilledTarget? output))
-                    {
-                        descriptors.AddRange(spill.Descriptors(info.Name));
-                        layers.Add(output.Report);
-                        adapters.Add(output.Adapter);
-                    }
-                    else
-                    {
-                        descriptors.Add(info);
-                    }
-                }
-
-                using (SafeTensorsWriter writer = SafeTensorsWriter.Create(Path.Combine(staging.Path, shard), descriptors, file.Metadata))
-                {
-                    foreach (SafeTensorInfo info in file.Tensors)
-                    {
-                        if (outputs.ContainsKey(info.Name))
-                        {
-                            spill.CopyTo(info.Name, writer);
-                        }
-                        else
-                        {
-                            writer.WriteTensorFrom(file, info.Name);
-                        }
-                    }
-
-                    writer.Commit();
-                }
-
                 foreach (SafeTensorInfo d in descriptors)
                 {
                     weightMap[d.Name] = shard;
@@ -131,11 +93,11 @@ internal static class CheckpointPipeline
             cancellationToken.ThrowIfCancellationRequested();
             if (checkpoint.IsSharded)
             {
-                WriteIndex(staging.Path, checkpoint, weightMap, totalBytes);
+                CheckpointOutputs.WriteIndex(staging.Path, checkpoint, weightMap, totalBytes);
             }
 
-            CopyOtherFiles(modelDirectory, staging.Path, checkpoint.Config, options);
-            WriteAdapter(staging.Path, modelDirectory, options, adapters, fanInFanOut);
+            CheckpointOutputs.CopyOtherFiles(modelDirectory, staging.Path, checkpoint.Config, options);
+            CheckpointOutputs.WriteAdapter(staging.Path, modelDirectory, options, adapters, fanInFanOut);
             var report = new LoftQReport
             {
                 Model = Path.GetFullPath(modelDirectory),
@@ -161,61 +123,6 @@ internal static class CheckpointPipeline
         }
     }
 
-    internal static void Validate(LoftQOptions o)
-    {
-        if (o.Rank < 1)
-        {
-            throw new ArgumentException($"LoftQOptions.Rank must be at least 1, got {o.Rank}.");
-        }
-
-        if (o.Iterations < 0)
-        {
-            throw new ArgumentException($"LoftQOptions.Iterations must be 0 (QLoRA) or more, got {o.Iterations}.");
-        }
-
-        if (o.BlockSize is < 2 or > 1 << 20)
-        {
-            throw new ArgumentException($"LoftQOptions.BlockSize must be in 2..1048576, got {o.BlockSize}.");
-        }
-
-        if (o.Alpha is int alpha && alpha < 1)
-        {
-            throw new ArgumentException($"LoftQOptions.Alpha must be a positive integer, got {alpha}.");
-        }
-
-        if (o.Threads is int t && t < 1)
-        {
-            throw new ArgumentException($"LoftQOptions.Threads must be at least 1, got {t}.");
-        }
-
-        if (o.Policy is null)
-        {
-            bool whole = o.Bits == Math.Floor(o.Bits);
-            if (whole && !IsSupportedBits(o.Quantizer, (int)o.Bits))
-            {
-                throw new ArgumentException($"LoftQOptions.Bits = {o.Bits} is not supported by the {QuantizerFlag(o.Quantizer)} quantizer ({SupportedBitsText(o.Quantizer)}).");
-            }
-
-            if (!whole && !(o.Bits > 2 && o.Bits < 4))
-            {
-                throw new ArgumentException($"LoftQOptions.Bits = {o.Bits}: a fractional value selects LoftQ's mixed precision and must lie between 2 and 4.");
-            }
-
-            foreach ((string pattern, int bits) in o.BitsPatterns ?? [])
-            {
-                if (!IsSupportedBits(o.Quantizer, bits))
-                {
-                    throw new ArgumentException($"LoftQOptions.BitsPatterns entry ('{pattern}', {bits}): {bits} bits is not supported by the {QuantizerFlag(o.Quantizer)} quantizer ({SupportedBitsText(o.Quantizer)}).");
-                }
-            }
-        }
-
-        if (o.DoubleQuant && o.Format != OutputFormat.BitsAndBytesNf4)
-        {
-            throw new ArgumentException("LoftQOptions.DoubleQuant applies only to LoftQOptions.Format = OutputFormat.BitsAndBytesNf4.");
-        }
-    }
-
     /// <summary>Tensors the targets match by name that are not 2-D: they are copied unchanged, and the user is told.</summary>
     private static List<string> NonMatrixTargetWarnings(HuggingFaceCheckpoint checkpoint, IReadOnlyList<string>? targets) =>
         TargetSelector.SelectNonMatrices(checkpoint, targets).Select(name =>
@@ -223,55 +130,6 @@ internal static class CheckpointPipeline
             TensorShape shape = checkpoint.GetInfo(name).Shape;
             return $"Tensor '{name}' matches the targets but has shape {shape} ({shape.Rank}-D); LoftQ initialises only 2-D weights, so it was copied unchanged.";
         }).ToList();
-
-    private static void CheckLayerCountForMixedPrecision(LoftQOptions o, ModelConfig config)
-    {
-        if (o.Policy is null && o.Bits != Math.Floor(o.Bits) && config.NumHiddenLayers < 1)
-        {
-            throw new ArgumentException(string.Create(CultureInfo.InvariantCulture,
-                $"LoftQOptions.Bits = {o.Bits} (mixed precision) gives the first decoder layers 4 bits and the rest 2, but {config.Source} says num_hidden_layers is {config.NumHiddenLayers}; fix the config or use a whole LoftQOptions.Bits."));
-        }
-    }
-
-    private static bool IsSupportedBits(QuantizerKind kind, int bits) =>
-        kind == QuantizerKind.NormalFloat ? bits is 2 or 3 or 4 or 8 : bits is >= 2 and <= 8;
-
-    private static string SupportedBitsText(QuantizerKind kind) =>
-        kind == QuantizerKind.NormalFloat ? "2, 3, 4 or 8" : "2 to 8";
-
-    internal static string QuantizerFlag(QuantizerKind kind) => kind switch
-    {
-        QuantizerKind.NormalFloat => "nf",
-        QuantizerKind.Uniform => "uniform",
-        _ => "uniform-asym",
-    };
-
-    internal static IQuantizer CreateQuantizer(QuantizerKind kind, int bits, int blockSize) => kind switch
-    {
-        QuantizerKind.NormalFloat => new NormalFloatQuantizer(bits, blockSize),
-        QuantizerKind.Uniform => new UniformQuantizer(bits, blockSize),
-        _ => new UniformQuantizer(bits, blockSize, asymmetric: true),
-    };
-
-    internal static IQuantizationPolicy BuildPolicy(LoftQOptions o, int layerCount)
-    {
-        if (o.Policy is not null)
-        {
-            return o.Policy;
-        }
-
-        var cache = new ConcurrentDictionary<int, IQuantizer>();
-        IQuantizer ForBits(int bits) => cache.GetOrAdd(bits, b => CreateQuantizer(o.Quantizer, b, o.BlockSize));
-        IQuantizationPolicy basePolicy = o.Bits == Math.Floor(o.Bits)
-            ? QuantizationPolicies.Uniform(ForBits((int)o.Bits))
-            : QuantizationPolicies.FromAverageBits(o.Bits, layerCount, ForBits);
-        if (o.BitsPatterns is not { Count: > 0 } patterns)
-        {
-            return basePolicy;
-        }
-
-        return QuantizationPolicies.FromPatterns(patterns.Select(p => (p.Pattern, ForBits(p.Bits))), basePolicy);
-    }
 
     private static void CheckTargets(
         HuggingFaceCheckpoint checkpoint, IReadOnlyList<string> targets, LoftQOptions options,
@@ -311,6 +169,59 @@ internal static class CheckpointPipeline
                 }
             }
         }
+    }
+
+    /// <summary>
+    /// One shard: LoftQ-initialises its targets (their new tensors parked in a spill file as they finish), then writes
+    /// the shard from the input and the spill; returns the tensors written, in order. The targets' reports and
+    /// adapters are appended to <paramref name="layers"/> and <paramref name="adapters"/> in file order.
+    /// </summary>
+    private static List<SafeTensorInfo> WriteShard(
+        HuggingFaceCheckpoint checkpoint, string shard, string stagingPath, HashSet<string> targetSet, LoftQPlan plan, bool fanInFanOut,
+        List<LayerReport> layers, List<LoraTensors> adapters, Action<SpilledTarget> completed, CancellationToken cancellationToken)
+    {
+        SafeTensorsFile file = checkpoint.OpenShard(shard);
+        List<SafeTensorInfo> shardTargets = file.Tensors.Where(t => targetSet.Contains(t.Name)).ToList();
+
+        // Each finished target's new tensors are parked in a spill file in the staging folder at once, so
+        // memory holds the targets being computed, not the whole shard's output (a 7B model's shard holds
+        // gigabytes of them). The shard is then written from the input and the spill, 1 MiB at a time.
+        using var spill = new BackboneSpill(Path.Combine(stagingPath, ".backbone-spill"));
+        Dictionary<string, SpilledTarget> outputs = ProcessTargets(file, shardTargets, plan, fanInFanOut, spill, completed, cancellationToken);
+
+        var descriptors = new List<SafeTensorInfo>(file.Tensors.Count);
+        foreach (SafeTensorInfo info in file.Tensors)
+        {
+            if (outputs.TryGetValue(info.Name, out SpilledTarget? output))
+            {
+                descriptors.AddRange(spill.Descriptors(info.Name));
+                layers.Add(output.Report);
+                adapters.Add(output.Adapter);
+            }
+            else
+            {
+                descriptors.Add(info);
+            }
+        }
+
+        using (SafeTensorsWriter writer = SafeTensorsWriter.Create(Path.Combine(stagingPath, shard), descriptors, file.Metadata))
+        {
+            foreach (SafeTensorInfo info in file.Tensors)
+            {
+                if (outputs.ContainsKey(info.Name))
+                {
+                    spill.CopyTo(info.Name, writer);
+                }
+                else
+                {
+                    writer.WriteTensorFrom(file, info.Name);
+                }
+            }
+
+            writer.Commit();
+        }
+
+        return descriptors;
     }
 
     private static Dictionary<string, SpilledTarget> ProcessTargets(
@@ -439,59 +350,6 @@ internal static class CheckpointPipeline
         SafeTensorDType.F16 => "float16",
         _ => "float32",
     };
-
-    private static void WriteIndex(string directory, HuggingFaceCheckpoint checkpoint, SortedDictionary<string, string> weightMap, long totalBytes)
-    {
-        var metadata = new JsonObject();
-        foreach (KeyValuePair<string, string> kv in checkpoint.IndexMetadata ?? new Dictionary<string, string>())
-        {
-            metadata[kv.Key] = long.TryParse(kv.Value, NumberStyles.Integer, CultureInfo.InvariantCulture, out long n) ? n : kv.Value;
-        }
-
-        metadata["total_size"] = totalBytes;
-        var map = new JsonObject();
-        foreach (KeyValuePair<string, string> kv in weightMap)
-        {
-            map[kv.Key] = kv.Value;
-        }
-
-        var index = new JsonObject { ["metadata"] = metadata, ["weight_map"] = map };
-        AtomicFile.WriteAllText(Path.Combine(directory, IndexFileName), index.ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true }) + "\n");
-    }
-
-    private static void CopyOtherFiles(string modelDirectory, string outputDirectory, ModelConfig config, LoftQOptions options)
-    {
-        foreach (string source in Directory.EnumerateFiles(modelDirectory))
-        {
-            string name = Path.GetFileName(source);
-            if (name.EndsWith(".safetensors", StringComparison.Ordinal) || name == IndexFileName)
-            {
-                continue;
-            }
-
-            string destination = Path.Combine(outputDirectory, name);
-            if (name == "config.json" && options.Format == OutputFormat.BitsAndBytesNf4)
-            {
-                JsonObject quantization = BitsAndBytesNf4.QuantizationConfig(options.DoubleQuant, config.TorchDType ?? "float32");
-                AtomicFile.WriteAllText(destination, config.ToJson(quantization) + "\n");
-            }
-            else
-            {
-                File.Copy(source, destination);
-            }
-        }
-    }
-
-    private static void WriteAdapter(string outputDirectory, string modelDirectory, LoftQOptions options, List<LoraTensors> adapters, bool fanInFanOut)
-    {
-        var config = new PeftAdapterConfig(
-            options.Rank,
-            options.Alpha ?? options.Rank,
-            PeftAdapterConfig.TargetModulesFor(adapters.Select(a => a.ModulePath).Order(StringComparer.Ordinal)),
-            Path.GetFullPath(modelDirectory),
-            fanInFanOut);
-        PeftAdapterWriter.Write(Path.Combine(outputDirectory, "loftq_init"), config, adapters);
-    }
 
     private sealed record TargetOutput(List<SafeTensorEntry> BackboneEntries, LoraTensors Adapter, LayerReport Report);
 

@@ -28,10 +28,10 @@ public sealed class LoftQPlan
     public LoftQPlan(LoftQOptions options, int layerCount)
     {
         ArgumentNullException.ThrowIfNull(options);
-        CheckpointPipeline.Validate(options);
+        OptionChecks.Validate(options);
         Options = options;
         LayerCount = layerCount;
-        Policy = CheckpointPipeline.BuildPolicy(options, layerCount);
+        Policy = QuantizerFactory.BuildPolicy(options, layerCount);
     }
 
     /// <summary>The options.</summary>
@@ -132,7 +132,7 @@ public sealed class LoftQPlan
         return new LoftQSettings
         {
             Bits = custom ? null : o.Bits,
-            Quantizer = custom ? null : CheckpointPipeline.QuantizerFlag(o.Quantizer),
+            Quantizer = custom ? null : OptionChecks.QuantizerFlag(o.Quantizer),
             Policy = Policy.Describe(),
             Rank = o.Rank,
             Iterations = o.Iterations,
