@@ -17,6 +17,16 @@ version=$(ls "$work/packages" | sed -n 's/^LoftQ\.TorchSharp\.\(.*\)\.nupkg$/\1/
 test -n "$version"
 echo "packed LoftQ.TorchSharp $version"
 
+# What a NuGet user gets besides the DLL: the README, a symbols package, and the source commit in the nuspec
+# (SourceLink; the repository URL too when the clone has a URL remote).
+for id in LoftQ LoftQ.TorchSharp; do
+  test -f "$work/packages/$id.$version.snupkg"
+  unzip -l "$work/packages/$id.$version.nupkg" | grep -q ' README.md$'
+  if commit=$(git -C "$root" rev-parse HEAD 2>/dev/null); then
+    unzip -p "$work/packages/$id.$version.nupkg" "$id.nuspec" | grep -q "commit=\"$commit\""
+  fi
+done
+
 mkdir "$work/app"
 cd "$work/app"
 dotnet new console --force >/dev/null
