@@ -29,13 +29,14 @@ internal static class QuantizeCommand
         var format = new Option<string>("--format") { Description = "Backbone format: peft (dequantized Q in the original dtype) or bnb-nf4 (pre-quantized bitsandbytes NF4).", DefaultValueFactory = _ => "peft" };
         format.AcceptOnlyFromAmong("peft", "bnb-nf4");
         var doubleQuant = new Option<bool>("--double-quant") { Description = "With --format bnb-nf4: quantize the absmax values too (bitsandbytes double quantization)." };
+        var scaleSearch = new Option<bool>("--scale-search") { Description = "Search each block's scale (a clip ratio from 1 down to 0.5) for the least squared error instead of using its absmax; formats are unchanged." };
         var threads = new Option<int?>("--threads") { Description = "Threads to use (default: all processors, or LOFTQ_NUM_THREADS)." };
         var overwrite = new Option<bool>("--overwrite") { Description = "Replace an existing output directory once the new one is complete." };
         var json = new Option<bool>("--json") { Description = "Print the report as JSON on stdout (progress goes to stderr)." };
 
         var command = new Command("quantize", "LoftQ-initialise a checkpoint: quantized backbone + PEFT LoRA adapter (loftq_init/) + loftq_report.json.")
         {
-            model, output, bits, quantizer, rank, iters, blockSize, solver, alpha, seed, targets, bitsPattern, format, doubleQuant, threads, overwrite, json,
+            model, output, bits, quantizer, rank, iters, blockSize, solver, alpha, seed, targets, bitsPattern, format, doubleQuant, scaleSearch, threads, overwrite, json,
         };
         command.SetAction(parse => CliApp.Guard(stderr, () =>
         {
@@ -58,6 +59,7 @@ internal static class QuantizeCommand
                 BitsPatterns = ParsePatterns(parse.GetValue(bitsPattern)),
                 Format = parse.GetValue(format) == "bnb-nf4" ? OutputFormat.BitsAndBytesNf4 : OutputFormat.Peft,
                 DoubleQuant = parse.GetValue(doubleQuant),
+                ScaleSearch = parse.GetValue(scaleSearch) ? LoftQNet.Quantization.BlockScaleSearch.Default : null,
                 Threads = parse.GetValue(threads),
                 Overwrite = parse.GetValue(overwrite),
             };

@@ -306,12 +306,15 @@ public static class LoftQModelInitializer
             return false;
         }
 
-        bool blockwise = plan.Policy.Select(slot.Path + ".weight") is BlockwiseQuantizer;
+        IQuantizer quantizer = plan.Policy.Select(slot.Path + ".weight");
+        bool blockwise = quantizer is BlockwiseQuantizer { ScaleSearch: null };
         if (engine == LoftQEngine.Torch)
         {
             return blockwise
                 ? true
-                : throw new ArgumentException($"LoftQEngine.Torch runs the built-in blockwise quantizers only; '{slot.Path}' gets the custom quantizer {plan.Policy.Select(slot.Path + ".weight").Name}. Use LoftQEngine.Managed or Auto.");
+                : throw new ArgumentException(quantizer is BlockwiseQuantizer
+                    ? $"LoftQEngine.Torch does not search block scales yet; '{slot.Path}' gets {quantizer}. Use LoftQEngine.Managed or Auto, or LoftQOptions.ScaleSearch = null."
+                    : $"LoftQEngine.Torch runs the built-in blockwise quantizers only; '{slot.Path}' gets the custom quantizer {quantizer.Name}. Use LoftQEngine.Managed or Auto.");
         }
 
         return blockwise && slot.Linear.weight!.device_type != DeviceType.CPU;

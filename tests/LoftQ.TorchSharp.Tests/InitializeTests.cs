@@ -1,6 +1,7 @@
 using LoftQNet.IO;
 using LoftQNet.Numerics;
 using LoftQNet.Pipeline;
+using LoftQNet.Quantization;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -27,6 +28,23 @@ public class InitializeTests : TorchTestBase
         }
 
         public override Tensor forward(Tensor x) => down_proj.forward(functional.relu(q_proj.forward(x)));
+    }
+
+    [Fact]
+    public void ScaleSearchRunsOnTheManagedEngineAndTheTorchEngineRefusesIt()
+    {
+        var options = new LoftQOptions { Bits = 2, Rank = 4, Iterations = 1, ScaleSearch = BlockScaleSearch.Default };
+        using var refused = new TinyModel();
+        ArgumentException e = Assert.Throws<ArgumentException>(() => LoftQ.Initialize(refused, options, modelOptions: new LoftQModelOptions { Engine = LoftQEngine.Torch }));
+        Assert.Contains("LoftQOptions.ScaleSearch", e.Message, StringComparison.Ordinal);
+        Assert.Empty(LoraAdapters.Find(refused)); // nothing was replaced
+
+        using var plain = new TinyModel();
+        using var searched = new TinyModel();
+        LoftQReport p = LoftQ.Initialize(plain, options with { ScaleSearch = null });
+        LoftQReport s = LoftQ.Initialize(searched, options); // Auto on the CPU: the managed engine
+        Assert.Equal("clip grid 1..0.5 in 20 steps", s.Settings.ScaleSearch);
+        Assert.True(s.Layers.Average(l => l.RelativeError) < p.Layers.Average(l => l.RelativeError));
     }
 
     [Fact]

@@ -99,9 +99,15 @@ public sealed class TorchBlockwiseQuantizer : IQuantizer, IDisposable
 
     /// <summary>The torch twin of a built-in quantizer: same code book, bits, block size, symmetry and name.</summary>
     /// <exception cref="ArgumentNullException"><paramref name="quantizer"/> is null.</exception>
+    /// <exception cref="NotSupportedException">The quantizer searches its block scales (the torch engine uses absmax scales only).</exception>
     public static TorchBlockwiseQuantizer From(BlockwiseQuantizer quantizer)
     {
         ArgumentNullException.ThrowIfNull(quantizer);
+        if (quantizer.ScaleSearch is not null)
+        {
+            throw new NotSupportedException($"The torch engine uses absmax block scales; {quantizer} searches them. Run it on the managed engine (LoftQEngine.Managed).");
+        }
+
         bool asymmetric = quantizer is UniformQuantizer { IsAsymmetric: true };
         return new TorchBlockwiseQuantizer(quantizer.Name, quantizer.CodeBook, quantizer.Bits, quantizer.BlockSize, asymmetric);
     }

@@ -56,6 +56,13 @@ public sealed record LoftQOptions
     /// <summary>Values per quantization block.</summary>
     public int BlockSize { get; init; } = 64;
 
+    /// <summary>
+    /// Search each block's scale for the least squared error instead of using its absmax
+    /// (<see cref="BlockScaleSearch"/>, e.g. <see cref="BlockScaleSearch.Default"/>); null (the default) keeps absmax
+    /// scales. Ignored by a custom <see cref="Policy"/>, whose quantizers carry their own setting.
+    /// </summary>
+    public BlockScaleSearch? ScaleSearch { get; init; }
+
     /// <summary>The low-rank solver.</summary>
     public SolverKind Solver { get; init; } = SolverKind.Randomized;
 

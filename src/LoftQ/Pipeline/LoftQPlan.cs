@@ -137,6 +137,7 @@ public sealed class LoftQPlan
             Rank = o.Rank,
             Iterations = o.Iterations,
             BlockSize = o.BlockSize,
+            ScaleSearch = custom ? null : o.ScaleSearch?.ToString(),
             Solver = o.Solver == SolverKind.Exact ? "exact" : "randomized",
             Alpha = Alpha,
             Seed = o.Seed,

@@ -67,6 +67,9 @@ public sealed record LoftQSettings
     /// <summary><see cref="LoftQOptions.BlockSize"/>: values per quantization block.</summary>
     public required int BlockSize { get; init; }
 
+    /// <summary>The block-scale search (<see cref="LoftQOptions.ScaleSearch"/>) in words, e.g. <c>clip grid 1..0.5 in 20 steps</c>; null for absmax scales.</summary>
+    public string? ScaleSearch { get; init; }
+
     /// <summary>The low-rank solver: <c>randomized</c> or <c>exact</c>.</summary>
     public required string Solver { get; init; }
 

@@ -11,6 +11,7 @@ internal static class OptionChecks
 {
     internal static void Validate(LoftQOptions o)
     {
+        o.ScaleSearch?.Validate();
         if (o.Rank < 1)
         {
             throw new ArgumentException($"LoftQOptions.Rank must be at least 1, got {o.Rank}.");

@@ -10,11 +10,11 @@ namespace LoftQNet.Pipeline;
 /// <summary>The quantizers and the per-tensor quantization policy that <see cref="LoftQOptions"/> describe.</summary>
 internal static class QuantizerFactory
 {
-    internal static IQuantizer CreateQuantizer(QuantizerKind kind, int bits, int blockSize) => kind switch
+    internal static IQuantizer CreateQuantizer(QuantizerKind kind, int bits, int blockSize, BlockScaleSearch? scaleSearch = null) => kind switch
     {
-        QuantizerKind.NormalFloat => new NormalFloatQuantizer(bits, blockSize),
-        QuantizerKind.Uniform => new UniformQuantizer(bits, blockSize),
-        _ => new UniformQuantizer(bits, blockSize, asymmetric: true),
+        QuantizerKind.NormalFloat => new NormalFloatQuantizer(bits, blockSize, scaleSearch),
+        QuantizerKind.Uniform => new UniformQuantizer(bits, blockSize, scaleSearch: scaleSearch),
+        _ => new UniformQuantizer(bits, blockSize, asymmetric: true, scaleSearch),
     };
 
     internal static IQuantizationPolicy BuildPolicy(LoftQOptions o, int layerCount)
@@ -25,7 +25,7 @@ internal static class QuantizerFactory
         }
 
         var cache = new ConcurrentDictionary<int, IQuantizer>();
-        IQuantizer ForBits(int bits) => cache.GetOrAdd(bits, b => CreateQuantizer(o.Quantizer, b, o.BlockSize));
+        IQuantizer ForBits(int bits) => cache.GetOrAdd(bits, b => CreateQuantizer(o.Quantizer, b, o.BlockSize, o.ScaleSearch));
         IQuantizationPolicy basePolicy = o.Bits == Math.Floor(o.Bits)
             ? QuantizationPolicies.Uniform(ForBits((int)o.Bits))
             : QuantizationPolicies.FromAverageBits(o.Bits, layerCount, ForBits);

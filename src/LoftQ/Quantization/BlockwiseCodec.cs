@@ -24,8 +24,10 @@ internal sealed class BlockwiseCodec
     private readonly float _bucketLow;
     private readonly float _bucketsPerUnit;
 
+    private readonly BlockScaleSearch? _search;
+
     /// <summary>Creates the codec; <paramref name="levels"/> must be strictly ascending with 2^<paramref name="bits"/> entries.</summary>
-    public BlockwiseCodec(string name, int bits, int blockSize, float[] levels, bool asymmetric)
+    public BlockwiseCodec(string name, int bits, int blockSize, float[] levels, bool asymmetric, BlockScaleSearch? search = null)
     {
         if (levels.Length != 1 << bits)
         {
@@ -39,7 +41,12 @@ internal sealed class BlockwiseCodec
         _levels = (float[])levels.Clone();
         _thresholds = QuantizationKernels.ComputeThresholds(_levels);
         _bucketBases = QuantizationKernels.BuildBuckets(_levels, _thresholds, out _bucketLow, out _bucketsPerUnit);
+        search?.Validate();
+        _search = search;
     }
+
+    /// <summary>The per-block scale search, or null for absmax (min/max) scales.</summary>
+    public BlockScaleSearch? Search => _search;
 
     public string Name { get; }
 
@@ -110,7 +117,7 @@ internal sealed class BlockwiseCodec
             var y = destination != 0 ? new Span<float>((float*)destination + e0, length) : default;
             int done = 0;
             bool fusedDone = false;
-            if (QuantizationKernels.UseVector512 && BlockSize % 16 == 0)
+            if (_search is null && QuantizationKernels.UseVector512 && BlockSize % 16 == 0)
             {
                 int full = length / BlockSize;
                 int fullLength = full * BlockSize;
@@ -129,6 +136,11 @@ internal sealed class BlockwiseCodec
                 if (!TryBlockParameters(segment, e0 + s, blk, failure, out float scale, out float offset))
                 {
                     return;
+                }
+
+                if (_search is not null && scale > 0f)
+                {
+                    (scale, offset) = SearchScale(segment, scale, offset, codes.Slice(s, len));
                 }
 
                 scales[blk] = scale;
@@ -157,6 +169,47 @@ internal sealed class BlockwiseCodec
         {
             ArrayPool<byte>.Shared.Return(scratch);
         }
+    }
+
+    /// <summary>
+    /// The clip ratio of <see cref="_search"/>'s grid with the least squared error on <paramref name="segment"/>
+    /// (ties keep the larger ratio), as the block's scale and offset; <paramref name="codes"/> is scratch.
+    /// </summary>
+    internal (float Scale, float Offset) SearchScale(ReadOnlySpan<float> segment, float scale, float offset, Span<byte> codes)
+    {
+        BlockScaleSearch search = _search!;
+        float bestScale = scale, bestOffset = offset;
+        double bestError = double.PositiveInfinity;
+        for (int k = 0; k <= search.Steps; k++)
+        {
+            float c = search.Ratio(k);
+            float s = scale * c;
+            float o = Asymmetric ? offset + (0.5f * (scale - s)) : 0f;
+            if (!(s > 0f) || !float.IsFinite(s))
+            {
+                continue;
+            }
+
+            double error = BlockError(segment, s, o, codes);
+            if (error < bestError)
+            {
+                bestError = error;
+                bestScale = s;
+                bestOffset = o;
+            }
+        }
+
+        return (bestScale, bestOffset);
+    }
+
+    /// <summary>Squared error of quantizing <paramref name="segment"/> with <paramref name="scale"/> and <paramref name="offset"/>.</summary>
+    internal double BlockError(ReadOnlySpan<float> segment, float scale, float offset, Span<byte> codes)
+    {
+        QuantizationKernels.Codes(segment, offset, scale, 1f / scale, _thresholds, codes);
+        Span<float> dequantized = segment.Length <= 1024 ? stackalloc float[segment.Length] : new float[segment.Length];
+        QuantizationKernels.Lookup(codes, _levels, scale, offset, Asymmetric, dequantized);
+        TensorPrimitives.Subtract(segment, dequantized, dequantized);
+        return TensorPrimitives.SumOfSquares(dequantized);
     }
 
     /// <summary>Scale (and offset) of one block; reports a non-finite value or an overflowing range to <paramref name="failure"/>.</summary>

@@ -13,7 +13,7 @@ public abstract class BlockwiseQuantizer : IQuantizer
     private readonly float[] _codeBook;
     private readonly BlockwiseCodec _codec;
 
-    private protected BlockwiseQuantizer(string name, int bits, int blockSize, float[] codeBook, bool asymmetric)
+    private protected BlockwiseQuantizer(string name, int bits, int blockSize, float[] codeBook, bool asymmetric, BlockScaleSearch? scaleSearch)
     {
         if (blockSize is < 2 or > 1 << 20)
         {
@@ -24,11 +24,14 @@ public abstract class BlockwiseQuantizer : IQuantizer
         Bits = bits;
         BlockSize = blockSize;
         _codeBook = codeBook;
-        _codec = new BlockwiseCodec(name, bits, blockSize, codeBook, asymmetric);
+        _codec = new BlockwiseCodec(name, bits, blockSize, codeBook, asymmetric, scaleSearch);
     }
 
     /// <inheritdoc/>
     public string Name { get; }
+
+    /// <summary>The per-block scale search (<see cref="BlockScaleSearch"/>), or null for absmax (min/max) scales.</summary>
+    public BlockScaleSearch? ScaleSearch => _codec.Search;
 
     /// <inheritdoc/>
     public int Bits { get; }
@@ -57,5 +60,5 @@ public abstract class BlockwiseQuantizer : IQuantizer
         _codec.Run(values, shape, dequantized, fused: true);
 
     /// <inheritdoc/>
-    public override string ToString() => $"{Name} (block {BlockSize})";
+    public override string ToString() => ScaleSearch is null ? $"{Name} (block {BlockSize})" : $"{Name} (block {BlockSize}, scales searched: {ScaleSearch})";
 }

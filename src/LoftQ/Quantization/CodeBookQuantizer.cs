@@ -21,9 +21,10 @@ public sealed class CodeBookQuantizer : BlockwiseQuantizer
     /// <param name="blockSize">Values per block (2..1,048,576).</param>
     /// <param name="asymmetric">Scale each block by max − min with offset min, instead of by its absmax.</param>
     /// <exception cref="ArgumentException">The name is empty, or the code book's size, order or range is invalid (the message says which level).</exception>
-    /// <exception cref="ArgumentOutOfRangeException">The block size is out of range.</exception>
-    public CodeBookQuantizer(string name, ReadOnlySpan<float> codeBook, int blockSize = 64, bool asymmetric = false)
-        : base(ValidName(name), BitsOf(codeBook), blockSize, Validated(codeBook, asymmetric), asymmetric)
+    /// <param name="scaleSearch">Search each block's scale for the least squared error (<see cref="BlockScaleSearch"/>); null keeps the absmax.</param>
+    /// <exception cref="ArgumentOutOfRangeException">The block size is out of range, or the search grid is invalid.</exception>
+    public CodeBookQuantizer(string name, ReadOnlySpan<float> codeBook, int blockSize = 64, bool asymmetric = false, BlockScaleSearch? scaleSearch = null)
+        : base(ValidName(name), BitsOf(codeBook), blockSize, Validated(codeBook, asymmetric), asymmetric, scaleSearch)
     {
         IsAsymmetric = asymmetric;
     }

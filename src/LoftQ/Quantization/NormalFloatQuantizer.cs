@@ -27,9 +27,10 @@ public sealed class NormalFloatQuantizer : BlockwiseQuantizer
     /// <summary>Creates an NF quantizer.</summary>
     /// <param name="bits">2, 3, 4 or 8.</param>
     /// <param name="blockSize">Values per absmax block (2..1,048,576; 64 is LoftQ's and bitsandbytes' default).</param>
-    /// <exception cref="ArgumentOutOfRangeException">Unsupported bits or block size.</exception>
-    public NormalFloatQuantizer(int bits, int blockSize = 64)
-        : base($"nf{bits}", ValidBits(bits), blockSize, CreateCodeBook(ValidBits(bits)), asymmetric: false)
+    /// <param name="scaleSearch">Search each block's scale for the least squared error (<see cref="BlockScaleSearch"/>); null keeps the absmax.</param>
+    /// <exception cref="ArgumentOutOfRangeException">Unsupported bits or block size, or an invalid search grid.</exception>
+    public NormalFloatQuantizer(int bits, int blockSize = 64, BlockScaleSearch? scaleSearch = null)
+        : base($"nf{bits}", ValidBits(bits), blockSize, CreateCodeBook(ValidBits(bits)), asymmetric: false, scaleSearch)
     {
     }
 

@@ -20,9 +20,10 @@ public sealed class UniformQuantizer : BlockwiseQuantizer
     /// <param name="bits">2..8.</param>
     /// <param name="blockSize">Values per block (2..1,048,576).</param>
     /// <param name="asymmetric">Use per-block min/max (scale and offset) instead of the symmetric absmax.</param>
-    /// <exception cref="ArgumentOutOfRangeException">Unsupported bits or block size.</exception>
-    public UniformQuantizer(int bits, int blockSize = 64, bool asymmetric = false)
-        : base(asymmetric ? $"uniform{bits}-asym" : $"uniform{bits}", ValidBits(bits), blockSize, CreateLevels(ValidBits(bits), asymmetric), asymmetric)
+    /// <param name="scaleSearch">Search each block's scale for the least squared error (<see cref="BlockScaleSearch"/>); null keeps the absmax.</param>
+    /// <exception cref="ArgumentOutOfRangeException">Unsupported bits or block size, or an invalid search grid.</exception>
+    public UniformQuantizer(int bits, int blockSize = 64, bool asymmetric = false, BlockScaleSearch? scaleSearch = null)
+        : base(asymmetric ? $"uniform{bits}-asym" : $"uniform{bits}", ValidBits(bits), blockSize, CreateLevels(ValidBits(bits), asymmetric), asymmetric, scaleSearch)
     {
         IsAsymmetric = asymmetric;
     }

@@ -134,7 +134,7 @@ public sealed class ApiWordingTests
         Assert.Equal("peft", settings["format"]!.GetValue<string>());
         Assert.Equal("randomized", settings["solver"]!.GetValue<string>());
         Assert.Equal(
-            ["alpha", "bits", "block_size", "double_quant", "format", "iters", "policy", "quantizer", "rank", "seed", "solver", "threads"],
+            ["alpha", "bits", "block_size", "double_quant", "format", "iters", "policy", "quantizer", "rank", "scale_search", "seed", "solver", "threads"],
             settings.Select(kv => kv.Key).Order(StringComparer.Ordinal));
 
         LoftQReport back = LoftQReport.FromJson(json);

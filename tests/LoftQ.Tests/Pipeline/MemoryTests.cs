@@ -23,7 +23,9 @@ public sealed class MemoryTests
 
         // Each extra layer adds 33 MiB of bf16 backbone output (and 66 MiB of float32 input) to the single shard; a
         // pipeline that held a shard's outputs, or pooled the matrices, would add ≥ 100 MiB for three more layers.
-        Assert.True(four < one + (48 * 1024), $"peak RSS {four / 1024} MiB with 4 layers vs {one / 1024} MiB with 1");
+        // Measured: +7 to +23 MiB, once more than +48 MiB while the whole suite and the TorchSharp tests competed for
+        // the two cores (allocator and GC timing), hence the 64 MiB margin.
+        Assert.True(four < one + (64 * 1024), $"peak RSS {four / 1024} MiB with 4 layers vs {one / 1024} MiB with 1");
     }
 
     /// <summary>A single-shard float32 LLaMA-shaped model, hidden 1280, intermediate 2560 (every target larger than <see cref="Matrix.PoolLimit"/>).</summary>
