@@ -139,7 +139,7 @@ internal static class TorchCodec
         w.Codes.device_type == DeviceType.CPU && w.Codes.dtype == ScalarType.Byte && w.Codes.is_contiguous()
         && w.Scales.device_type == DeviceType.CPU && w.Scales.dtype == ScalarType.Float32 && w.Scales.is_contiguous()
         && w.CodeBook.device_type == DeviceType.CPU && w.CodeBook.dtype == ScalarType.Float32 && w.CodeBook.is_contiguous()
-        && (w.Offsets is null || (w.Offsets.device_type == DeviceType.CPU && w.Offsets.dtype == ScalarType.Float32 && w.Offsets.is_contiguous()))
+        && (w.Offsets is null || (w.Offsets.device_type == DeviceType.CPU && w.Offsets.dtype == ScalarType.Float32 && w.Offsets.is_contiguous() && w.Offsets.numel() == w.Scales.numel()))
         && w.Codes.numel() >= PackedWeight.PackedLength(w.ElementCount, w.Bits)
         && w.Scales.numel() * w.BlockSize >= w.ElementCount && w.CodeBook.numel() >= 1L << w.Bits;
 
