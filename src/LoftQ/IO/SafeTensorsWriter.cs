@@ -91,7 +91,7 @@ public sealed class SafeTensorsWriter : IDisposable
             SafeTensorEntry e = entries[i] ?? throw new ArgumentException($"Entry {i} is null.", nameof(entries));
             SafeTensorInfo info = e.Info ?? throw new ArgumentException($"Entry {i} has no info.", nameof(entries));
             descriptors[i] = info;
-            long expected = CheckedElementCount(info.Name, info.Shape) * info.DType.ElementSize();
+            long expected = checked(CheckedElementCount(info.Name, info.Shape) * info.DType.ElementSize());
             if (e.Data.Length != expected)
             {
                 throw new ArgumentException($"Tensor '{info.Name}' ({info.DType.ToHeaderString()}, shape {info.Shape}) needs {expected} bytes, got {e.Data.Length}.", nameof(entries));
