@@ -177,28 +177,10 @@ public sealed class LlamaForCausalLM : nn.Module<Tensor, Tensor>
         }
     }
 
-    private static bool ShapeEquals(TensorShape stored, long[] expected)
-    {
-        if (stored.Rank != expected.Length)
-        {
-            return false;
-        }
-
-        for (int i = 0; i < expected.Length; i++)
-        {
-            if (stored[i] != expected[i])
-            {
-                return false;
-            }
-        }
-
-        return true;
-    }
-
     private static void Fill(Tensor destination, SafeTensorsFile file, string name, long maxChunkBytes)
     {
         SafeTensorInfo info = file.GetInfo(name);
-        if (!ShapeEquals(info.Shape, destination.shape))
+        if (info.Shape != TensorShape.FromInt64(destination.shape))
         {
             throw new CheckpointFormatException($"{file.Path}: tensor '{name}' has shape {info.ShapeString}; the config needs [{string.Join(", ", destination.shape)}].");
         }

@@ -178,38 +178,52 @@ internal sealed class BlockwiseCodec
     internal (float Scale, float Offset) SearchScale(ReadOnlySpan<float> segment, float scale, float offset, Span<byte> codes)
     {
         BlockScaleSearch search = _search!;
-        float bestScale = scale, bestOffset = offset;
-        double bestError = double.PositiveInfinity;
-        for (int k = 0; k <= search.Steps; k++)
+        float[]? rented = segment.Length <= 1024 ? null : ArrayPool<float>.Shared.Rent(segment.Length);
+        Span<float> scratch = rented is null ? stackalloc float[segment.Length] : rented.AsSpan(0, segment.Length);
+        try
         {
-            float c = search.Ratio(k);
-            float s = scale * c;
-            float o = Asymmetric ? offset + (0.5f * (scale - s)) : 0f;
-            if (!(s > 0f) || !float.IsFinite(s))
+            float bestScale = scale, bestOffset = offset;
+            double bestError = double.PositiveInfinity;
+            for (int k = 0; k <= search.Steps; k++)
             {
-                continue;
+                float c = search.Ratio(k);
+                float s = scale * c;
+                float o = Asymmetric ? offset + (0.5f * (scale - s)) : 0f;
+                if (!(s > 0f) || !float.IsFinite(s))
+                {
+                    continue;
+                }
+
+                double error = BlockError(segment, s, o, codes, scratch);
+                if (error < bestError)
+                {
+                    bestError = error;
+                    bestScale = s;
+                    bestOffset = o;
+                }
             }
 
-            double error = BlockError(segment, s, o, codes);
-            if (error < bestError)
+            return (bestScale, bestOffset);
+        }
+        finally
+        {
+            if (rented is not null)
             {
-                bestError = error;
-                bestScale = s;
-                bestOffset = o;
+                ArrayPool<float>.Shared.Return(rented);
             }
         }
-
-        return (bestScale, bestOffset);
     }
 
-    /// <summary>Squared error of quantizing <paramref name="segment"/> with <paramref name="scale"/> and <paramref name="offset"/>.</summary>
-    internal double BlockError(ReadOnlySpan<float> segment, float scale, float offset, Span<byte> codes)
+    /// <summary>
+    /// Squared error of quantizing <paramref name="segment"/> with <paramref name="scale"/> and <paramref name="offset"/>;
+    /// <paramref name="codes"/> and <paramref name="scratch"/> (the segment's length each) are overwritten.
+    /// </summary>
+    private double BlockError(ReadOnlySpan<float> segment, float scale, float offset, Span<byte> codes, Span<float> scratch)
     {
         QuantizationKernels.Codes(segment, offset, scale, 1f / scale, _thresholds, codes);
-        Span<float> dequantized = segment.Length <= 1024 ? stackalloc float[segment.Length] : new float[segment.Length];
-        QuantizationKernels.Lookup(codes, _levels, scale, offset, Asymmetric, dequantized);
-        TensorPrimitives.Subtract(segment, dequantized, dequantized);
-        return TensorPrimitives.SumOfSquares(dequantized);
+        QuantizationKernels.Lookup(codes, _levels, scale, offset, Asymmetric, scratch);
+        TensorPrimitives.Subtract(segment, scratch, scratch);
+        return TensorPrimitives.SumOfSquares(scratch);
     }
 
     /// <summary>Scale (and offset) of one block; reports a non-finite value or an overflowing range to <paramref name="failure"/>.</summary>
