@@ -30,13 +30,22 @@ internal static class QuantizeCommand
         format.AcceptOnlyFromAmong("peft", "bnb-nf4");
         var doubleQuant = new Option<bool>("--double-quant") { Description = "With --format bnb-nf4: quantize the absmax values too (bitsandbytes double quantization)." };
         var scaleSearch = new Option<bool>("--scale-search") { Description = "Search each block's scale (a clip ratio from 1 down to 0.5) for the least squared error instead of using its absmax; formats are unchanged." };
+        var objective = new Option<string>("--objective") { Description = "What each target minimises: weight (the paper's ||W - Q - B*A||), activation (the output error on the calibration inputs, full second moments) or activation-diag (per-input-channel second moments only; cheap). The activation objectives need --calibration.", DefaultValueFactory = _ => "weight" };
+        objective.AcceptOnlyFromAmong("weight", "activation", "activation-diag");
+        var calibration = new Option<string?>("--calibration") { Description = "Calibration text for the activation objectives (read as bytes; keep it apart from your evaluation text)." };
+        var calibrationWindows = new Option<int>("--calibration-windows") { Description = "Windows of 256 bytes read from --calibration.", DefaultValueFactory = _ => 32 };
+        var calibrationCache = new Option<string?>("--calibration-cache") { Description = "A file for the collected statistics: reused when it matches the model, text and windows, written otherwise." };
+        var damping = new Option<double>("--damping") { Description = "Damping of the activation objectives: H + damping*mean(diag H)*I.", DefaultValueFactory = _ => LoftQNet.Optimization.InputWeighting.DefaultDamping };
+        var plainScales = new Option<bool>("--plain-scale-search") { Description = "With --scale-search and an activation objective: search block scales for the plain squared error instead of the activation-weighted one." };
+        var lowRankFirst = new Option<bool>("--low-rank-first") { Description = "QPiSSA order: take the rank-r approximation of W first and quantize its residual." };
         var threads = new Option<int?>("--threads") { Description = "Threads to use (default: all processors, or LOFTQ_NUM_THREADS)." };
         var overwrite = new Option<bool>("--overwrite") { Description = "Replace an existing output directory once the new one is complete." };
         var json = new Option<bool>("--json") { Description = "Print the report as JSON on stdout (progress goes to stderr)." };
 
         var command = new Command("quantize", "LoftQ-initialise a checkpoint: quantized backbone + PEFT LoRA adapter (loftq_init/) + loftq_report.json.")
         {
-            model, output, bits, quantizer, rank, iters, blockSize, solver, alpha, seed, targets, bitsPattern, format, doubleQuant, scaleSearch, threads, overwrite, json,
+            model, output, bits, quantizer, rank, iters, blockSize, solver, alpha, seed, targets, bitsPattern, format, doubleQuant, scaleSearch,
+            objective, calibration, calibrationWindows, calibrationCache, damping, plainScales, lowRankFirst, threads, overwrite, json,
         };
         command.SetAction(parse => CliApp.Guard(stderr, () =>
         {
@@ -62,6 +71,21 @@ internal static class QuantizeCommand
                 ScaleSearch = parse.GetValue(scaleSearch) ? LoftQNet.Quantization.BlockScaleSearch.Default : null,
                 Threads = parse.GetValue(threads),
                 Overwrite = parse.GetValue(overwrite),
+                Objective = parse.GetValue(objective) switch
+                {
+                    "activation" => LoftQObjective.Activation,
+                    "activation-diag" => LoftQObjective.ActivationDiagonal,
+                    _ => LoftQObjective.Weight,
+                },
+                Damping = parse.GetValue(damping),
+                LowRankFirst = parse.GetValue(lowRankFirst),
+                ActivationWeightedScales = !parse.GetValue(plainScales),
+            };
+            options = options with
+            {
+                Calibration = Calibrate(
+                    parse.GetValue(model)!, options.Objective, parse.GetValue(calibration), parse.GetValue(calibrationWindows),
+                    parse.GetValue(calibrationCache), options.Threads, stderr),
             };
             if (options.Solver == SolverKind.Exact)
             {
@@ -71,6 +95,65 @@ internal static class QuantizeCommand
             return Execute(parse.GetValue(model)!, parse.GetValue(output)!, options, parse.GetValue(json), stdout, stderr, interactive);
         }));
         return command;
+    }
+
+    /// <summary>Loads (from the cache) or collects the calibration statistics an activation objective needs; null for the weight objective.</summary>
+    internal static CalibrationStatistics? Calibrate(string model, LoftQObjective objective, string? text, int windows, string? cache, int? threads, TextWriter stderr)
+    {
+        if (objective == LoftQObjective.Weight)
+        {
+            if (text is not null || cache is not null)
+            {
+                throw new ArgumentException("--calibration and --calibration-cache are used only by --objective activation or activation-diag.");
+            }
+
+            return null;
+        }
+
+        if (text is null)
+        {
+            throw new ArgumentException($"--objective {LoftQPlan.ObjectiveFlag(objective)} needs --calibration FILE (a text to collect the layers' inputs from).");
+        }
+
+        if (windows < 1)
+        {
+            throw new ArgumentException($"--calibration-windows must be at least 1, got {windows}.");
+        }
+
+        if (!File.Exists(text))
+        {
+            throw new FileNotFoundException($"--calibration: '{text}' does not exist or is not a file.", text);
+        }
+
+        if (!File.Exists(Path.Combine(model, "config.json")))
+        {
+            return null; // the run reports the missing model with its own message
+        }
+
+        byte[] bytes = File.ReadAllBytes(text);
+        bool diagonal = objective == LoftQObjective.ActivationDiagonal;
+        if (cache is not null && File.Exists(cache))
+        {
+            CalibrationStatistics cached = CalibrationStatistics.Load(cache);
+            if (cached.Matches(model, bytes, windows, diagonal))
+            {
+                stderr.WriteLine($"calibration: reusing {cache} ({cached.Windows} windows, {cached.Tokens} tokens)");
+                return cached;
+            }
+
+            stderr.WriteLine($"calibration: {cache} is for another model, text or window count; collecting again");
+        }
+
+        using LoftQNet.Numerics.ComputeSettings.ThreadScope scope = threads is int t ? LoftQNet.Numerics.ComputeSettings.UseThreads(t) : default;
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        CalibrationStatistics statistics = CalibrationStatistics.Collect(model, bytes, windows, diagonalOnly: diagonal);
+        stderr.WriteLine(string.Create(CultureInfo.InvariantCulture, $"calibration: {statistics.Windows} windows of {text} ({statistics.Tokens} tokens) in {clock.Elapsed.TotalSeconds:F1} s"));
+        if (cache is not null)
+        {
+            statistics.Save(cache);
+        }
+
+        return statistics;
     }
 
     internal static IReadOnlyList<(string Pattern, int Bits)>? ParsePatterns(string[]? values)

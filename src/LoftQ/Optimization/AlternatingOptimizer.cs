@@ -37,6 +37,28 @@ public sealed class AlternatingOptimizer
     /// <summary>Seed of the random LoRA A initialisation used by the QLoRA baseline (zero iterations).</summary>
     public int Seed { get; init; }
 
+    /// <summary>
+    /// The activation-aware objective: minimise ‖(W − Q − B·A)·R‖_F with R·Rᵀ the second moments of the layer's
+    /// inputs (<see cref="InputWeighting"/>) instead of ‖W − Q − B·A‖_F. Each pass's low-rank step is then the exact
+    /// minimiser of that objective given Q, and the pass kept is the one with the least weighted error. Null (the
+    /// default) or an isotropic weighting runs plain LoftQ, bit for bit.
+    /// </summary>
+    public InputWeighting? Weighting { get; init; }
+
+    /// <summary>
+    /// With a <see cref="Weighting"/> and a quantizer whose blocks search their scale
+    /// (<see cref="BlockwiseQuantizer.ScaleSearch"/>): weigh each value's squared error by its input channel's second
+    /// moment in that search, so the quantizer step also follows the activation-aware objective (true by default).
+    /// </summary>
+    public bool WeightedScaleSearch { get; init; } = true;
+
+    /// <summary>
+    /// QPiSSA order: start with the rank-r approximation of W itself and quantize its residual, instead of quantizing
+    /// W first. Pass t then quantizes W − B_{t−1}·A_{t−1} as usual. <see cref="LoftQResult.QLoRAError"/> is still the
+    /// error of q(W).
+    /// </summary>
+    public bool LowRankFirst { get; init; }
+
     /// <summary>Runs LoftQ on <paramref name="weight"/> (out×in).</summary>
     /// <param name="weight">The weight W (not modified).</param>
     /// <param name="rank">The LoRA rank r, in [1, min(out, in)].</param>
@@ -70,56 +92,122 @@ public sealed class AlternatingOptimizer
                 $"Weight element ({bad / n}, {bad % n}) (flat index {bad}) is {w[bad]}; LoftQ needs finite weights.", nameof(weight));
         }
 
+        InputWeighting? weighting = Weighting;
+        if (weighting is not null && weighting.Features != n)
+        {
+            throw new ArgumentException($"The input weighting is over {weighting.Features} features but the weight has {n} columns.", nameof(weight));
+        }
+
         var clock = Stopwatch.StartNew();
         double weightNorm = Math.Sqrt(MatrixKernels.SumOfSquares(w));
         var shape = new TensorShape(m, n);
         using var dequantized = Matrix.Uninitialized(m, n);
 
+        // Transform: minimise ‖(W − Q − B·A)·R‖ (R·Rᵀ = H); the low-rank step then works on z = (W − Q)·R.
+        bool transform = weighting is { IsIsotropic: false };
+        float[]? columnWeights = transform && WeightedScaleSearch && Quantizer is BlockwiseQuantizer { ScaleSearch: not null } ? weighting!.ColumnWeights : null;
+        using Matrix? z = transform ? Matrix.Uninitialized(m, n) : null;
+        double objectiveNorm = weightNorm;
+        if (transform)
+        {
+            weighting!.ApplyFactor(w, m, z!.Span);
+            objectiveNorm = Math.Sqrt(MatrixKernels.SumOfSquares(z.Span));
+        }
+
         if (iterations == 0)
         {
-            QuantizedTensor q0 = Quantizer.QuantizeDequantize(w, shape, dequantized.Span);
-            double error = Relative(Math.Sqrt(MatrixKernels.SquaredDistance(w, dequantized.Span)), weightNorm);
+            using var scratch = Matrix.Uninitialized(m, n);
+            QuantizedTensor q0 = QuantizeDequantize(w, shape, dequantized.Span, columnWeights);
+            double error = Errors(w, dequantized.Span, weightNorm, scratch.Span, z, objectiveNorm, out double weighted0);
             Matrix a0 = KaimingUniformA(rank, n, Seed);
             Matrix b0 = Matrix.Zeros(m, rank);
-            return new LoftQResult(q0, a0, b0, [error], 0, error, error, clock.Elapsed);
+            return new LoftQResult(q0, a0, b0, [error], 0, error, error, clock.Elapsed) { WeightedError = weighted0, QLoRAWeightedError = weighted0 };
         }
 
         // work holds W − B·A before quantization and W − Q while the solver runs.
         using var work = weight.Clone();
+
         var warm = Solver as IWarmStartLowRankSolver;
         var trace = new List<double>(iterations);
-        LowRankFactors? previous = null;
+        LowRankFactors? previous = null; // the solver's last factors (of z when transforming), for the warm start
         LowRankFactors? best = null;
         QuantizedTensor? bestQ = null;
-        double bestError = double.PositiveInfinity, qloraError = double.NaN;
+        double bestError = double.PositiveInfinity, bestWeighted = double.PositiveInfinity, qloraError = double.NaN, qloraWeighted = double.NaN;
         int bestPass = 0;
         try
         {
-            for (int t = 1; t <= iterations; t++)
+            if (LowRankFirst)
             {
-                QuantizedTensor q = Quantizer.QuantizeDequantize(work.Span, shape, dequantized.Span);
-                TensorPrimitives.Subtract(w, dequantized.Span, work.Span);
-                if (t == 1)
+                // QPiSSA order: the principal components of W first, then quantize the rest.
+                QuantizeDequantize(w, shape, dequantized.Span, columnWeights);
+                qloraError = Errors(w, dequantized.Span, weightNorm, work.Span, z, objectiveNorm, out qloraWeighted);
+                w.CopyTo(work.Span);
+                previous = Solve(transform ? z! : work, rank, null, m, n);
+                using Matrix a0 = transform ? previous.A.Clone() : Matrix.FromSpan(rank, n, previous.A.Span);
+                if (transform)
                 {
-                    qloraError = Relative(Math.Sqrt(MatrixKernels.SumOfSquares(work.Span)), weightNorm);
+                    weighting!.SolveFactor(a0.Span, rank);
                 }
 
-                LowRankFactors factors = warm is not null ? warm.Decompose(work, rank, previous) : Solver.Decompose(work, rank);
-                CheckFactors(factors, m, n, rank);
+                Gemm.Multiply(Transpose.No, Transpose.No, m, n, rank, -1f, previous.B.Span, rank, a0.Span, n, 1f, work.Span, n);
+            }
+
+            for (int t = 1; t <= iterations; t++)
+            {
+                QuantizedTensor q = QuantizeDequantize(work.Span, shape, dequantized.Span, columnWeights);
+                TensorPrimitives.Subtract(w, dequantized.Span, work.Span);
+                Matrix target = work;
+                if (transform)
+                {
+                    weighting!.ApplyFactor(work.Span, m, z!.Span);
+                    target = z;
+                }
+
+                if (t == 1 && !LowRankFirst)
+                {
+                    qloraError = Relative(Math.Sqrt(MatrixKernels.SumOfSquares(work.Span)), weightNorm);
+                    qloraWeighted = transform ? Relative(Math.Sqrt(MatrixKernels.SumOfSquares(z!.Span)), objectiveNorm) : qloraError;
+                }
+
+                LowRankFactors solved = Solve(target, rank, previous, m, n);
+                LowRankFactors factors = solved;
+                double weighted = double.NaN;
+                if (transform)
+                {
+                    // ‖(W − Q − B·A)·R‖ = ‖z − B·A′‖ with A′ = A·R; then A = A′·R⁻¹.
+                    Gemm.Multiply(Transpose.No, Transpose.No, m, n, rank, -1f, solved.B.Span, rank, solved.A.Span, n, 1f, z!.Span, n);
+                    weighted = Relative(Math.Sqrt(MatrixKernels.SumOfSquares(z.Span)), objectiveNorm);
+                    Matrix a = solved.A.Clone();
+                    weighting!.SolveFactor(a.Span, rank);
+                    factors = new LowRankFactors(a, solved.B.Clone(), [.. solved.SingularValues]);
+                }
 
                 // work = W − B·A, the input of the next quantization; the error is ‖work − deq(Q)‖.
                 w.CopyTo(work.Span);
                 Gemm.Multiply(Transpose.No, Transpose.No, m, n, rank, -1f, factors.B.Span, rank, factors.A.Span, n, 1f, work.Span, n);
                 double error = Relative(Math.Sqrt(MatrixKernels.SquaredDistance(work.Span, dequantized.Span)), weightNorm);
-                trace.Add(error);
-
-                if (error < bestError)
+                if (!transform)
                 {
-                    best?.Dispose(); // Disposal is idempotent: best may also be previous.
+                    weighted = error;
+                }
+
+                trace.Add(error);
+                if (weighted < bestWeighted)
+                {
+                    if (best is not null && !ReferenceEquals(best, previous))
+                    {
+                        best.Dispose();
+                    }
+
                     best = factors;
                     bestQ = q;
                     bestError = error;
+                    bestWeighted = weighted;
                     bestPass = t;
+                }
+                else if (!ReferenceEquals(factors, solved))
+                {
+                    factors.Dispose();
                 }
 
                 if (previous is not null && !ReferenceEquals(previous, best))
@@ -127,7 +215,7 @@ public sealed class AlternatingOptimizer
                     previous.Dispose();
                 }
 
-                previous = factors;
+                previous = solved;
             }
 
             if (previous is not null && !ReferenceEquals(previous, best))
@@ -138,14 +226,52 @@ public sealed class AlternatingOptimizer
             previous = null;
             LowRankFactors result = best!;
             best = null;
-            return new LoftQResult(bestQ!, result.A, result.B, trace, bestPass, bestError, qloraError, clock.Elapsed);
+            return new LoftQResult(bestQ!, result.A, result.B, trace, bestPass, bestError, qloraError, clock.Elapsed)
+            {
+                WeightedError = bestWeighted,
+                QLoRAWeightedError = qloraWeighted,
+            };
         }
         catch
         {
-            previous?.Dispose();
+            if (previous is not null && !ReferenceEquals(previous, best))
+            {
+                previous.Dispose();
+            }
+
             best?.Dispose();
             throw;
         }
+
+        LowRankFactors Solve(Matrix target, int r, LowRankFactors? prior, int rows, int columns)
+        {
+            LowRankFactors f = warm is not null ? warm.Decompose(target, r, prior) : Solver.Decompose(target, r);
+            CheckFactors(f, rows, columns, r);
+            return f;
+        }
+    }
+
+    private QuantizedTensor QuantizeDequantize(ReadOnlySpan<float> values, TensorShape shape, Span<float> dequantized, float[]? columnWeights) =>
+        columnWeights is not null
+            ? ((BlockwiseQuantizer)Quantizer).QuantizeDequantize(values, shape, dequantized, columnWeights)
+            : Quantizer.QuantizeDequantize(values, shape, dequantized);
+
+    /// <summary>
+    /// ‖W − deq‖/‖W‖ and, when <paramref name="z"/> is given, the weighted ‖(W − deq)·R‖/‖W·R‖ (else the same);
+    /// <paramref name="scratch"/> and <paramref name="z"/> are overwritten.
+    /// </summary>
+    private double Errors(ReadOnlySpan<float> w, ReadOnlySpan<float> dequantized, double weightNorm, Span<float> scratch, Matrix? z, double objectiveNorm, out double weighted)
+    {
+        TensorPrimitives.Subtract(w, dequantized, scratch);
+        double error = Relative(Math.Sqrt(MatrixKernels.SumOfSquares(scratch)), weightNorm);
+        weighted = error;
+        if (z is not null)
+        {
+            Weighting!.ApplyFactor(scratch, z.Rows, z.Span);
+            weighted = Relative(Math.Sqrt(MatrixKernels.SumOfSquares(z.Span)), objectiveNorm);
+        }
+
+        return error;
     }
 
     /// <summary>

@@ -47,6 +47,15 @@ public sealed class LoftQResult : IDisposable
     /// <summary>Wall-clock time of the run.</summary>
     public TimeSpan Elapsed { get; }
 
+    /// <summary>
+    /// ‖(W − Q − B·A)·R‖_F / ‖W·R‖_F of the kept pass under <see cref="AlternatingOptimizer.Weighting"/> (the output error
+    /// relative to the output); equal to <see cref="RelativeError"/> without a weighting or with an isotropic one.
+    /// </summary>
+    public double WeightedError { get; init; } = double.NaN;
+
+    /// <summary><see cref="WeightedError"/> of the QLoRA baseline q(W) (B = 0).</summary>
+    public double QLoRAWeightedError { get; init; } = double.NaN;
+
     /// <summary>Returns the memory of <see cref="A"/> and <see cref="B"/> to the pool.</summary>
     public void Dispose()
     {

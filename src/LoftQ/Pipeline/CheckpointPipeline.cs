@@ -45,6 +45,11 @@ internal static class CheckpointPipeline
         using HuggingFaceCheckpoint checkpoint = HuggingFaceCheckpoint.Open(modelDirectory);
         ConfigConsistency.Validate(checkpoint);
         OptionChecks.CheckLayerCountForMixedPrecision(options, checkpoint.Config);
+        if (options.Objective != LoftQObjective.Weight && options.Calibration!.ModelFingerprint != CalibrationStatistics.ModelFingerprintOf(modelDirectory))
+        {
+            throw new ArgumentException($"LoftQOptions.Calibration was collected from another model (its config.json differs from '{Path.Combine(modelDirectory, "config.json")}').");
+        }
+
         IReadOnlyList<string> targets = TargetSelector.Select(checkpoint, options.Targets);
         List<string> warnings = NonMatrixTargetWarnings(checkpoint, options.Targets);
         var targetSet = new HashSet<string>(targets, StringComparer.Ordinal);

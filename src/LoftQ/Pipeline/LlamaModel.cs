@@ -17,6 +17,22 @@ internal sealed record LlamaConfig(
     int HiddenSize, int IntermediateSize, int LayerCount, int HeadCount, int KeyValueHeadCount, int HeadDim,
     int VocabSize, double RmsNormEps, double RopeTheta);
 
+/// <summary>The four distinct inputs of a LLaMA decoder layer's projections.</summary>
+internal enum LlamaInput
+{
+    /// <summary>The input-normed hidden state: the input of q_proj, k_proj and v_proj.</summary>
+    Attention,
+
+    /// <summary>The attention heads' output: the input of o_proj.</summary>
+    AttentionOutput,
+
+    /// <summary>The post-attention-normed hidden state: the input of gate_proj and up_proj.</summary>
+    Mlp,
+
+    /// <summary>silu(gate) ⊙ up: the input of down_proj.</summary>
+    MlpHidden,
+}
+
 /// <summary>
 /// A float32 forward pass of a LLaMA-family causal language model (RMSNorm, rotary attention, SwiGLU MLP),
 /// for evaluating quantized backbones and LoRA adapters; no KV cache, no training.
@@ -74,8 +90,10 @@ internal sealed class LlamaModel
     public LlamaConfig Config => _c;
 
     /// <summary>Returns the logits [tokens.Length, VocabSize] for a causal pass over <paramref name="tokens"/>.</summary>
+    /// <param name="tokens">Token ids.</param>
+    /// <param name="observe">Called with (layer, which input, the input [tokens, features]) before each group of projections reads it.</param>
     /// <exception cref="ArgumentException">The sequence is empty or a token id is outside the vocabulary.</exception>
-    public Matrix Forward(ReadOnlySpan<int> tokens)
+    public Matrix Forward(ReadOnlySpan<int> tokens, Action<int, LlamaInput, Matrix>? observe = null)
     {
         int t = tokens.Length, h = _c.HiddenSize, d = _c.HeadDim;
         int qd = _c.HeadCount * d, kvd = _c.KeyValueHeadCount * d, ff = _c.IntermediateSize;
@@ -107,9 +125,11 @@ internal sealed class LlamaModel
         using Matrix sigmoid = Matrix.Uninitialized(t, ff);
         float scale = 1f / MathF.Sqrt(d);
         int group = _c.HeadCount / _c.KeyValueHeadCount;
-        foreach (Layer layer in _layers)
+        for (int l = 0; l < _layers.Length; l++)
         {
+            Layer layer = _layers[l];
             RmsNorm(x, layer.InputNorm, normed);
+            observe?.Invoke(l, LlamaInput.Attention, normed);
             Project(normed, layer.Q, q);
             Project(normed, layer.K, k);
             Project(normed, layer.V, v);
@@ -124,8 +144,10 @@ internal sealed class LlamaModel
             }
 
             // x += o_proj(attn)
+            observe?.Invoke(l, LlamaInput.AttentionOutput, attn);
             Gemm.Multiply(Transpose.No, Transpose.Yes, t, h, qd, 1f, attn.Span, qd, layer.O, qd, 1f, x.Span, h);
             RmsNorm(x, layer.PostNorm, normed);
+            observe?.Invoke(l, LlamaInput.Mlp, normed);
             Project(normed, layer.Gate, gate);
             Project(normed, layer.Up, up);
 
@@ -133,6 +155,7 @@ internal sealed class LlamaModel
             TensorPrimitives.Sigmoid(gate.Span, sigmoid.Span);
             TensorPrimitives.Multiply(gate.Span, sigmoid.Span, gate.Span);
             TensorPrimitives.Multiply(gate.Span, up.Span, up.Span);
+            observe?.Invoke(l, LlamaInput.MlpHidden, up);
             Gemm.Multiply(Transpose.No, Transpose.Yes, t, h, ff, 1f, up.Span, ff, layer.Down, ff, 1f, x.Span, h);
         }
 

@@ -1,3 +1,4 @@
+using LoftQNet.Optimization;
 using LoftQNet.Quantization;
 
 namespace LoftQNet.Pipeline;
@@ -62,6 +63,30 @@ public sealed record LoftQOptions
     /// scales. Ignored by a custom <see cref="Policy"/>, whose quantizers carry their own setting.
     /// </summary>
     public BlockScaleSearch? ScaleSearch { get; init; }
+
+    /// <summary>
+    /// What each target minimises: <see cref="LoftQObjective.Weight"/> (the paper's ‖W − Q − B·A‖, the default) or an
+    /// activation-aware objective, which needs <see cref="Calibration"/>.
+    /// </summary>
+    public LoftQObjective Objective { get; init; } = LoftQObjective.Weight;
+
+    /// <summary>
+    /// The calibration inputs' second moments (<see cref="CalibrationStatistics.Collect"/>) for an activation-aware
+    /// <see cref="Objective"/>; they must come from the same model (<see cref="CalibrationStatistics.ModelFingerprint"/>).
+    /// </summary>
+    public CalibrationStatistics? Calibration { get; init; }
+
+    /// <summary>Damping λ of the activation-aware objectives (<see cref="InputWeighting"/>): H + λ·mean(diag H)·I.</summary>
+    public double Damping { get; init; } = InputWeighting.DefaultDamping;
+
+    /// <summary>
+    /// With an activation-aware <see cref="Objective"/> and <see cref="ScaleSearch"/>: weigh each value's error by its
+    /// input channel's second moment in the block-scale search (true by default).
+    /// </summary>
+    public bool ActivationWeightedScales { get; init; } = true;
+
+    /// <summary>QPiSSA order: take the rank-r approximation of W first and quantize the residual (<see cref="AlternatingOptimizer.LowRankFirst"/>).</summary>
+    public bool LowRankFirst { get; init; }
 
     /// <summary>The low-rank solver.</summary>
     public SolverKind Solver { get; init; } = SolverKind.Randomized;

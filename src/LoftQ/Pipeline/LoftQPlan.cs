@@ -90,7 +90,31 @@ public sealed class LoftQPlan
         IQuantizer quantizer = Policy.Select(tensorName);
         int seed = LayerSeed(tensorName);
         ILowRankSolver solver = Options.Solver == SolverKind.Exact ? new ExactSvdSolver() : new RandomizedSvdSolver(seed: seed);
-        var optimizer = new AlternatingOptimizer(quantizer, solver) { Seed = seed };
+        InputWeighting? weighting = null;
+        if (Options.Objective != LoftQObjective.Weight)
+        {
+            string module = tensorName.EndsWith(".weight", StringComparison.Ordinal) ? tensorName[..^7] : tensorName;
+            CalibrationStatistics calibration = Options.Calibration!;
+            if (!calibration.Contains(module))
+            {
+                throw new ArgumentException($"LoftQOptions.Calibration has no input statistics for '{module}'; the activation-aware objectives need them for every target.");
+            }
+
+            if (calibration.FeaturesOf(module) != weight.Columns)
+            {
+                throw new ArgumentException($"LoftQOptions.Calibration has {calibration.FeaturesOf(module)} input features for '{module}' but its weight is [{weight.Rows}, {weight.Columns}]; were the statistics collected from another model?");
+            }
+
+            weighting = calibration.Weighting(module, Options.Objective, Options.Damping);
+        }
+
+        var optimizer = new AlternatingOptimizer(quantizer, solver)
+        {
+            Seed = seed,
+            Weighting = weighting,
+            WeightedScaleSearch = Options.ActivationWeightedScales,
+            LowRankFirst = Options.LowRankFirst,
+        };
         LoftQResult result = optimizer.Run(weight, Options.Rank, Options.Iterations);
         try
         {
@@ -112,6 +136,8 @@ public sealed class LoftQPlan
                 ErrorTrace = result.ErrorTrace.ToArray(),
                 BestPass = result.BestPass,
                 RelativeError = result.RelativeError,
+                WeightedError = weighting is null ? null : result.WeightedError,
+                QLoRAWeightedError = weighting is null ? null : result.QLoRAWeightedError,
                 Seconds = clock.Elapsed.TotalSeconds,
             };
             return new LoftQLayerResult(quantizer, result, b, report);
@@ -122,6 +148,14 @@ public sealed class LoftQPlan
             throw;
         }
     }
+
+    /// <summary>The CLI's word for <paramref name="objective"/>: <c>weight</c>, <c>activation</c> or <c>activation-diag</c>.</summary>
+    internal static string ObjectiveFlag(LoftQObjective objective) => objective switch
+    {
+        LoftQObjective.Activation => "activation",
+        LoftQObjective.ActivationDiagonal => "activation-diag",
+        _ => "weight",
+    };
 
     /// <summary>The options as a report records them in <see cref="LoftQReport.Settings"/>.</summary>
     /// <remarks>With a custom <see cref="LoftQOptions.Policy"/>, <see cref="LoftQSettings.Bits"/> and <see cref="LoftQSettings.Quantizer"/> are null: the policy, not those options, chose the quantizers.</remarks>
@@ -138,6 +172,11 @@ public sealed class LoftQPlan
             Iterations = o.Iterations,
             BlockSize = o.BlockSize,
             ScaleSearch = custom ? null : o.ScaleSearch?.ToString(),
+            Objective = ObjectiveFlag(o.Objective),
+            Calibration = o.Objective == LoftQObjective.Weight || o.Calibration is not { } c
+                ? null
+                : string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{c.Windows} windows x {c.WindowLength} bytes, text sha256 {c.TextFingerprint}, damping {o.Damping}{(o.ScaleSearch is not null && o.ActivationWeightedScales ? ", activation-weighted scale search" : "")}"),
+            LowRankFirst = o.LowRankFirst,
             Solver = o.Solver == SolverKind.Exact ? "exact" : "randomized",
             Alpha = Alpha,
             Seed = o.Seed,

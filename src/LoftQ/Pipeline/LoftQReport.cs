@@ -32,6 +32,16 @@ public sealed record LayerReport
     /// <summary>The kept pass's relative error.</summary>
     public required double RelativeError { get; init; }
 
+    /// <summary>
+    /// With an activation-aware objective: ‖(W − Q − B·A)·R‖/‖W·R‖ of the kept pass, the output error on the
+    /// calibration inputs relative to the output (R·Rᵀ = the damped second moments); null otherwise.
+    /// </summary>
+    public double? WeightedError { get; init; }
+
+    /// <summary>With an activation-aware objective: the same for the QLoRA baseline q(W); null otherwise.</summary>
+    [JsonPropertyName("qlora_weighted_error")]
+    public double? QLoRAWeightedError { get; init; }
+
     /// <summary>Wall-clock seconds spent on this matrix.</summary>
     public required double Seconds { get; init; }
 }
@@ -69,6 +79,15 @@ public sealed record LoftQSettings
 
     /// <summary>The block-scale search (<see cref="LoftQOptions.ScaleSearch"/>) in words, e.g. <c>clip grid 1..0.5 in 20 steps</c>; null for absmax scales.</summary>
     public string? ScaleSearch { get; init; }
+
+    /// <summary>The objective: <c>weight</c>, <c>activation</c> or <c>activation-diag</c>.</summary>
+    public string Objective { get; init; } = "weight";
+
+    /// <summary>With an activation-aware objective: the calibration (windows × bytes, the text's SHA-256) and the damping; null otherwise.</summary>
+    public string? Calibration { get; init; }
+
+    /// <summary>Whether the rank-r approximation of W came first (QPiSSA order, <see cref="LoftQOptions.LowRankFirst"/>).</summary>
+    public bool LowRankFirst { get; init; }
 
     /// <summary>The low-rank solver: <c>randomized</c> or <c>exact</c>.</summary>
     public required string Solver { get; init; }

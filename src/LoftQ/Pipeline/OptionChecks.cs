@@ -59,6 +59,21 @@ internal static class OptionChecks
             }
         }
 
+        if (!(o.Damping >= 0) || !double.IsFinite(o.Damping))
+        {
+            throw new ArgumentException($"LoftQOptions.Damping must be finite and at least 0, got {o.Damping}.");
+        }
+
+        if (o.Objective != LoftQObjective.Weight && o.Calibration is null)
+        {
+            throw new ArgumentException($"LoftQOptions.Objective = {o.Objective} needs LoftQOptions.Calibration (statistics from CalibrationStatistics.Collect).");
+        }
+
+        if (o.Objective == LoftQObjective.Activation && o.Calibration is { IsDiagonal: true })
+        {
+            throw new ArgumentException("LoftQOptions.Objective = Activation needs full second-moment matrices, but LoftQOptions.Calibration holds only their diagonals; collect without diagonalOnly or use ActivationDiagonal.");
+        }
+
         if (o.DoubleQuant && o.Format != OutputFormat.BitsAndBytesNf4)
         {
             throw new ArgumentException("LoftQOptions.DoubleQuant applies only to LoftQOptions.Format = OutputFormat.BitsAndBytesNf4.");

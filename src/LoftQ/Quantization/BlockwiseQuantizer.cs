@@ -5,7 +5,7 @@ namespace LoftQNet.Quantization;
 /// <summary>
 /// The common base of the built-in quantizers: a fixed code book of 2^<see cref="Bits"/> levels, one fp32 scale
 /// (and, when asymmetric, one offset) per block of <see cref="BlockSize"/> row-major values, and a fused, SIMD,
-/// multi-threaded engine behind <see cref="Quantize"/>, <see cref="Dequantize"/> and <see cref="QuantizeDequantize"/>.
+/// multi-threaded engine behind <see cref="Quantize"/>, <see cref="Dequantize"/> and <see cref="QuantizeDequantize(ReadOnlySpan{float}, TensorShape, Span{float})"/>.
 /// Instances are immutable and safe to use from several threads at once.
 /// </summary>
 public abstract class BlockwiseQuantizer : IQuantizer
@@ -58,6 +58,18 @@ public abstract class BlockwiseQuantizer : IQuantizer
     /// <inheritdoc/>
     public QuantizedTensor QuantizeDequantize(ReadOnlySpan<float> values, TensorShape shape, Span<float> dequantized) =>
         _codec.Run(values, shape, dequantized, fused: true);
+
+    /// <summary>
+    /// <see cref="QuantizeDequantize(ReadOnlySpan{float}, TensorShape, Span{float})"/> whose scale search (when <see cref="ScaleSearch"/> is set) minimises the
+    /// squared error weighted per column by <paramref name="columnWeights"/> (one non-negative weight per entry of the
+    /// last dimension, e.g. the second moments of a layer's inputs); without a search the weights change nothing.
+    /// </summary>
+    /// <exception cref="ArgumentException"><paramref name="columnWeights"/> does not have one entry per column.</exception>
+    public QuantizedTensor QuantizeDequantize(ReadOnlySpan<float> values, TensorShape shape, Span<float> dequantized, float[] columnWeights)
+    {
+        ArgumentNullException.ThrowIfNull(columnWeights);
+        return _codec.Run(values, shape, dequantized, fused: true, columnWeights);
+    }
 
     /// <inheritdoc/>
     public override string ToString() => ScaleSearch is null ? $"{Name} (block {BlockSize})" : $"{Name} (block {BlockSize}, scales searched: {ScaleSearch})";
