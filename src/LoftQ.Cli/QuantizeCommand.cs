@@ -36,6 +36,8 @@ internal static class QuantizeCommand
         var calibrationWindows = new Option<int>("--calibration-windows") { Description = "Windows of 256 bytes read from --calibration.", DefaultValueFactory = _ => 32 };
         var calibrationCache = new Option<string?>("--calibration-cache") { Description = "A file for the collected statistics: reused when it matches the model, text and windows, written otherwise." };
         var damping = new Option<double>("--damping") { Description = "Damping of the activation objectives: H + damping*mean(diag H)*I.", DefaultValueFactory = _ => LoftQNet.Optimization.InputWeighting.DefaultDamping };
+        var bitBudget = new Option<double?>("--bit-budget") { Description = "Budgeted mixed precision: an average of bits per target weight (e.g. 2.5) spent where it reduces the error most (each target's bits chosen from --budget-bits by an exact knapsack over probed errors). Overrides --bits." };
+        var budgetBits = new Option<int[]>("--budget-bits") { Description = "The bit widths --bit-budget chooses from.", AllowMultipleArgumentsPerToken = true, DefaultValueFactory = _ => [2, 3, 4] };
         var plainScales = new Option<bool>("--plain-scale-search") { Description = "With --scale-search and an activation objective: search block scales for the plain squared error instead of the activation-weighted one." };
         var lowRankFirst = new Option<bool>("--low-rank-first") { Description = "QPiSSA order: take the rank-r approximation of W first and quantize its residual." };
         var threads = new Option<int?>("--threads") { Description = "Threads to use (default: all processors, or LOFTQ_NUM_THREADS)." };
@@ -45,7 +47,7 @@ internal static class QuantizeCommand
         var command = new Command("quantize", "LoftQ-initialise a checkpoint: quantized backbone + PEFT LoRA adapter (loftq_init/) + loftq_report.json.")
         {
             model, output, bits, quantizer, rank, iters, blockSize, solver, alpha, seed, targets, bitsPattern, format, doubleQuant, scaleSearch,
-            objective, calibration, calibrationWindows, calibrationCache, damping, plainScales, lowRankFirst, threads, overwrite, json,
+            bitBudget, budgetBits, objective, calibration, calibrationWindows, calibrationCache, damping, plainScales, lowRankFirst, threads, overwrite, json,
         };
         command.SetAction(parse => CliApp.Guard(stderr, () =>
         {
@@ -80,12 +82,14 @@ internal static class QuantizeCommand
                 Damping = parse.GetValue(damping),
                 LowRankFirst = parse.GetValue(lowRankFirst),
                 ActivationWeightedScales = !parse.GetValue(plainScales),
+                BitBudget = parse.GetValue(bitBudget),
+                BudgetBits = parse.GetValue(budgetBits) ?? [2, 3, 4],
             };
             options = options with
             {
                 Calibration = Calibrate(
                     parse.GetValue(model)!, options.Objective, parse.GetValue(calibration), parse.GetValue(calibrationWindows),
-                    parse.GetValue(calibrationCache), options.Threads, stderr),
+                    options.BitBudget is null ? 0 : SensitivityWindows, parse.GetValue(calibrationCache), options.Threads, stderr),
             };
             if (options.Solver == SolverKind.Exact)
             {
@@ -98,7 +102,10 @@ internal static class QuantizeCommand
     }
 
     /// <summary>Loads (from the cache) or collects the calibration statistics an activation objective needs; null for the weight objective.</summary>
-    internal static CalibrationStatistics? Calibrate(string model, LoftQObjective objective, string? text, int windows, string? cache, int? threads, TextWriter stderr)
+    /// <summary>Calibration windows on which a bit budget's per-projection sensitivities are measured.</summary>
+    internal const int SensitivityWindows = 2;
+
+    internal static CalibrationStatistics? Calibrate(string model, LoftQObjective objective, string? text, int windows, int sensitivityWindows, string? cache, int? threads, TextWriter stderr)
     {
         if (objective == LoftQObjective.Weight)
         {
@@ -135,7 +142,7 @@ internal static class QuantizeCommand
         if (cache is not null && File.Exists(cache))
         {
             CalibrationStatistics cached = CalibrationStatistics.Load(cache);
-            if (cached.Matches(model, bytes, windows, diagonal))
+            if (cached.Matches(model, bytes, windows, diagonal) && (sensitivityWindows == 0 || cached.HasSensitivities))
             {
                 stderr.WriteLine($"calibration: reusing {cache} ({cached.Windows} windows, {cached.Tokens} tokens)");
                 return cached;
@@ -146,7 +153,7 @@ internal static class QuantizeCommand
 
         using LoftQNet.Numerics.ComputeSettings.ThreadScope scope = threads is int t ? LoftQNet.Numerics.ComputeSettings.UseThreads(t) : default;
         var clock = System.Diagnostics.Stopwatch.StartNew();
-        CalibrationStatistics statistics = CalibrationStatistics.Collect(model, bytes, windows, diagonalOnly: diagonal);
+        CalibrationStatistics statistics = CalibrationStatistics.Collect(model, bytes, windows, diagonalOnly: diagonal, sensitivityWindows: sensitivityWindows);
         stderr.WriteLine(string.Create(CultureInfo.InvariantCulture, $"calibration: {statistics.Windows} windows of {text} ({statistics.Tokens} tokens) in {clock.Elapsed.TotalSeconds:F1} s"));
         if (cache is not null)
         {

@@ -1,8 +1,10 @@
 using System.Globalization;
+using System.Numerics.Tensors;
 using System.Security.Cryptography;
 using LoftQNet.IO;
 using LoftQNet.Numerics;
 using LoftQNet.Optimization;
+using LoftQNet.Quantization;
 
 namespace LoftQNet.Pipeline;
 
@@ -37,6 +39,7 @@ public enum LoftQObjective
 public sealed class CalibrationStatistics
 {
     private const string FormatName = "loftq-calibration/1";
+    private const string SensitivitiesName = "sensitivities";
 
     private static readonly (string Module, LlamaInput Input)[] LlamaModules =
     [
@@ -48,6 +51,10 @@ public sealed class CalibrationStatistics
     private readonly Dictionary<string, string> _siteOfModule;
     private readonly Dictionary<string, (int Features, float[] Values)> _sites;
     private readonly Dictionary<(string Site, LoftQObjective Objective, double Damping), InputWeighting> _weightings = [];
+    private float[]? _sensitivities;
+
+    /// <summary>Relative noise energy ε² of the sensitivity probe (ε = 0.2, the size of a 2-bit target's relative output error).</summary>
+    private const float ProbeEpsilon = 0.2f;
 
     private CalibrationStatistics(
         Dictionary<string, string> siteOfModule, Dictionary<string, (int, float[])> sites, bool diagonal,
@@ -94,15 +101,22 @@ public sealed class CalibrationStatistics
     /// <param name="windows">Windows to read.</param>
     /// <param name="windowLength">Bytes per window.</param>
     /// <param name="diagonalOnly">Collect only each input channel's second moment.</param>
+    /// <param name="sensitivityWindows">
+    /// When &gt; 0, also measure each projection's output sensitivity on that many of the windows (what
+    /// <see cref="LoftQOptions.BitBudget"/> weighs errors by under an activation objective): the model's mean next-byte
+    /// KL divergence when Gaussian noise of relative energy ε² (ε = 0.2) is added to that projection's output alone,
+    /// divided by ε². It costs 7 × layers × that many forward passes.
+    /// </param>
     /// <param name="cancellationToken">Checked between windows.</param>
     /// <exception cref="ArgumentException">The text holds less than one window, or the model is not a byte-level LLaMA-family model.</exception>
     public static CalibrationStatistics Collect(
         string modelDirectory, ReadOnlySpan<byte> text, int windows = 32, int windowLength = 256, bool diagonalOnly = false,
-        CancellationToken cancellationToken = default)
+        int sensitivityWindows = 0, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(modelDirectory);
         ArgumentOutOfRangeException.ThrowIfLessThan(windows, 1);
         ArgumentOutOfRangeException.ThrowIfLessThan(windowLength, 1);
+        ArgumentOutOfRangeException.ThrowIfNegative(sensitivityWindows);
         int usable = (int)Math.Min(windows, text.Length / windowLength);
         if (usable < 1)
         {
@@ -162,6 +176,9 @@ public sealed class CalibrationStatistics
             using Matrix logits = model.Forward(tokens, Accumulate);
         }
 
+        float[]? sensitivities = sensitivityWindows > 0
+            ? MeasureSensitivities(model, text[..(Math.Min(sensitivityWindows, usable) * windowLength)], windowLength, cancellationToken)
+            : null;
         long count = (long)usable * windowLength;
         var siteOfModule = new Dictionary<string, string>(StringComparer.Ordinal);
         var sites = new Dictionary<string, (int, float[])>(StringComparer.Ordinal);
@@ -181,7 +198,10 @@ public sealed class CalibrationStatistics
         }
 
         return new CalibrationStatistics(
-            siteOfModule, sites, diagonalOnly, usable, windowLength, count, ModelFingerprintOf(modelDirectory), Convert.ToHexStringLower(hash.GetHashAndReset()));
+            siteOfModule, sites, diagonalOnly, usable, windowLength, count, ModelFingerprintOf(modelDirectory), Convert.ToHexStringLower(hash.GetHashAndReset()))
+        {
+            _sensitivities = sensitivities,
+        };
     }
 
     /// <summary>SHA-256 (hex) of <c>config.json</c> in <paramref name="modelDirectory"/>, as <see cref="ModelFingerprint"/> records it.</summary>
@@ -274,6 +294,113 @@ public sealed class CalibrationStatistics
         }
     }
 
+    /// <summary>Whether per-projection output sensitivities were measured (<see cref="Sensitivity"/>).</summary>
+    internal bool HasSensitivities => _sensitivities is not null;
+
+    /// <summary>
+    /// The model's next-byte KL divergence (nats per byte) per unit of relative output-error energy of
+    /// <paramref name="modulePath"/>: a target whose relative output error is e costs about Sensitivity·e².
+    /// </summary>
+    internal double Sensitivity(string modulePath)
+    {
+        int layer = QuantizationPolicies.LayerIndexOf(modulePath + ".weight") ?? throw new KeyNotFoundException($"'{modulePath}' has no layer index.");
+        int projection = Array.FindIndex(LlamaModules, 0, 7, m => modulePath.EndsWith("." + m.Module, StringComparison.Ordinal));
+        if (_sensitivities is null || projection < 0 || (7 * layer) + projection >= _sensitivities.Length)
+        {
+            throw new KeyNotFoundException($"The calibration statistics have no sensitivity for '{modulePath}'.");
+        }
+
+        return _sensitivities[(7 * layer) + projection];
+    }
+
+    private static float[] MeasureSensitivities(LlamaModel model, ReadOnlySpan<byte> text, int windowLength, CancellationToken cancellationToken)
+    {
+        int windows = text.Length / windowLength, layers = model.Config.LayerCount, vocab = model.Config.VocabSize;
+        var tokens = new int[windows][];
+        var reference = new Matrix[windows];
+        try
+        {
+            for (int w = 0; w < windows; w++)
+            {
+                tokens[w] = new int[windowLength];
+                for (int i = 0; i < windowLength; i++)
+                {
+                    tokens[w][i] = text[(w * windowLength) + i];
+                }
+
+                reference[w] = model.Forward(tokens[w]);
+                LogSoftmax(reference[w]);
+            }
+
+            var result = new float[layers * 7];
+            for (int target = 0; target < result.Length; target++)
+            {
+                cancellationToken.ThrowIfCancellationRequested();
+                int layer = target / 7, projection = target % 7;
+                double kl = 0;
+                for (int w = 0; w < windows; w++)
+                {
+                    int window = w;
+                    void AddNoise(int l, int p, Matrix output)
+                    {
+                        if (l != layer || p != projection)
+                        {
+                            return;
+                        }
+
+                        int d = output.Columns;
+                        var noise = new float[d];
+                        for (int i = 0; i < output.Rows; i++)
+                        {
+                            Span<float> row = output.Row(i);
+                            Gaussian.Fill(noise, seed: target, scale: 1f, offset: ((long)window * output.Rows * d) + ((long)i * d));
+                            float scale = (float)(ProbeEpsilon * Math.Sqrt(MatrixKernels.SumOfSquares(row) / d));
+                            TensorPrimitives.MultiplyAdd(noise, scale, row, row);
+                        }
+                    }
+
+                    using Matrix logits = model.Forward(tokens[w], perturb: AddNoise);
+                    LogSoftmax(logits);
+                    for (int i = 0; i < windowLength; i++)
+                    {
+                        ReadOnlySpan<float> p = reference[w].Row(i), q = logits.Row(i);
+                        for (int v = 0; v < vocab; v++)
+                        {
+                            kl += Math.Exp(p[v]) * (p[v] - q[v]);
+                        }
+                    }
+                }
+
+                result[target] = (float)(kl / ((double)windows * windowLength) / (ProbeEpsilon * ProbeEpsilon));
+            }
+
+            return result;
+        }
+        finally
+        {
+            foreach (Matrix? m in reference)
+            {
+                m?.Dispose();
+            }
+        }
+    }
+
+    private static void LogSoftmax(Matrix logits)
+    {
+        for (int i = 0; i < logits.Rows; i++)
+        {
+            Span<float> row = logits.Row(i);
+            float max = TensorPrimitives.Max(row);
+            double sum = 0;
+            foreach (float v in row)
+            {
+                sum += Math.Exp(v - max);
+            }
+
+            TensorPrimitives.Subtract(row, (float)(max + Math.Log(sum)), row);
+        }
+    }
+
     /// <summary>Writes the statistics to a safetensors file (atomically).</summary>
     public void Save(string path)
     {
@@ -282,6 +409,11 @@ public sealed class CalibrationStatistics
         foreach ((string site, (int n, float[] values)) in _sites.OrderBy(p => p.Key, StringComparer.Ordinal))
         {
             entries.Add(SafeTensorEntry.FromSingle(site, IsDiagonal ? [n] : [n, n], values));
+        }
+
+        if (_sensitivities is not null)
+        {
+            entries.Add(SafeTensorEntry.FromSingle(SensitivitiesName, [_sensitivities.Length / 7, 7], _sensitivities));
         }
 
         var metadata = new Dictionary<string, string>
@@ -320,8 +452,20 @@ public sealed class CalibrationStatistics
             ? t
             : throw new InvalidDataException($"'{path}': metadata 'tokens' is not a positive integer.");
         var sites = new Dictionary<string, (int, float[])>(StringComparer.Ordinal);
+        float[]? sensitivities = null;
         foreach (SafeTensorInfo info in file.Tensors)
         {
+            if (info.Name == SensitivitiesName)
+            {
+                if (info.DType != SafeTensorDType.F32 || info.Shape.Rank != 2 || info.Shape[1] != 7)
+                {
+                    throw new InvalidDataException($"'{path}': tensor '{SensitivitiesName}' is {info.DType} {info.Shape}; expected F32 [layers, 7].");
+                }
+
+                sensitivities = file.ReadAsSingle(info.Name);
+                continue;
+            }
+
             bool ok = diagonal ? info.Shape.Rank == 1 : info.Shape.Rank == 2 && info.Shape[0] == info.Shape[1];
             if (!ok || info.DType != SafeTensorDType.F32)
             {
@@ -343,7 +487,10 @@ public sealed class CalibrationStatistics
             siteOfModule[pair[..eq]] = pair[(eq + 1)..];
         }
 
-        return new CalibrationStatistics(siteOfModule, sites, diagonal, windows, windowLength, tokens, Get("model_config_sha256"), Get("text_sha256"));
+        return new CalibrationStatistics(siteOfModule, sites, diagonal, windows, windowLength, tokens, Get("model_config_sha256"), Get("text_sha256"))
+        {
+            _sensitivities = sensitivities,
+        };
     }
 
     private static int ParseInt(string value, string key, string path) =>

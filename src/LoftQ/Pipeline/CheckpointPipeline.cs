@@ -54,7 +54,13 @@ internal static class CheckpointPipeline
         List<string> warnings = NonMatrixTargetWarnings(checkpoint, options.Targets);
         var targetSet = new HashSet<string>(targets, StringComparer.Ordinal);
         bool fanInFanOut = checkpoint.Config.FanInFanOut;
-        var plan = new LoftQPlan(options, checkpoint.Config.NumHiddenLayers);
+        IQuantizationPolicy? allocated = options.BitBudget is null
+            ? null
+            : BitAllocator.Allocate(
+                checkpoint, targets, options, fanInFanOut,
+                message => progress?.Report(new LoftQProgress(LoftQProgressKind.Notice, 0, targets.Count, Message: message)),
+                cancellationToken).Policy;
+        var plan = new LoftQPlan(options, checkpoint.Config.NumHiddenLayers, allocated);
         IQuantizationPolicy policy = plan.Policy;
         CheckTargets(checkpoint, targets, options, policy, fanInFanOut);
 

@@ -92,8 +92,12 @@ internal sealed class LlamaModel
     /// <summary>Returns the logits [tokens.Length, VocabSize] for a causal pass over <paramref name="tokens"/>.</summary>
     /// <param name="tokens">Token ids.</param>
     /// <param name="observe">Called with (layer, which input, the input [tokens, features]) before each group of projections reads it.</param>
+    /// <param name="perturb">
+    /// Called with (layer, projection index in q, k, v, o, gate, up, down order, its output [tokens, out]) right after
+    /// each projection, and may change the output (sensitivity probes).
+    /// </param>
     /// <exception cref="ArgumentException">The sequence is empty or a token id is outside the vocabulary.</exception>
-    public Matrix Forward(ReadOnlySpan<int> tokens, Action<int, LlamaInput, Matrix>? observe = null)
+    public Matrix Forward(ReadOnlySpan<int> tokens, Action<int, LlamaInput, Matrix>? observe = null, Action<int, int, Matrix>? perturb = null)
     {
         int t = tokens.Length, h = _c.HiddenSize, d = _c.HeadDim;
         int qd = _c.HeadCount * d, kvd = _c.KeyValueHeadCount * d, ff = _c.IntermediateSize;
@@ -133,6 +137,9 @@ internal sealed class LlamaModel
             Project(normed, layer.Q, q);
             Project(normed, layer.K, k);
             Project(normed, layer.V, v);
+            perturb?.Invoke(l, 0, q);
+            perturb?.Invoke(l, 1, k);
+            perturb?.Invoke(l, 2, v);
             ApplyRotary(q, _c.HeadCount, d, cos, sin);
             ApplyRotary(k, _c.KeyValueHeadCount, d, cos, sin);
             for (int head = 0; head < _c.HeadCount; head++)
@@ -145,24 +152,42 @@ internal sealed class LlamaModel
 
             // x += o_proj(attn)
             observe?.Invoke(l, LlamaInput.AttentionOutput, attn);
-            Gemm.Multiply(Transpose.No, Transpose.Yes, t, h, qd, 1f, attn.Span, qd, layer.O, qd, 1f, x.Span, h);
+            AddBlock(x, attn, layer.O, l, perturb, 3);
             RmsNorm(x, layer.PostNorm, normed);
             observe?.Invoke(l, LlamaInput.Mlp, normed);
             Project(normed, layer.Gate, gate);
             Project(normed, layer.Up, up);
+            perturb?.Invoke(l, 4, gate);
+            perturb?.Invoke(l, 5, up);
 
             // SwiGLU: up ← silu(gate) ⊙ up, with silu(a) = a·sigmoid(a).
             TensorPrimitives.Sigmoid(gate.Span, sigmoid.Span);
             TensorPrimitives.Multiply(gate.Span, sigmoid.Span, gate.Span);
             TensorPrimitives.Multiply(gate.Span, up.Span, up.Span);
             observe?.Invoke(l, LlamaInput.MlpHidden, up);
-            Gemm.Multiply(Transpose.No, Transpose.Yes, t, h, ff, 1f, up.Span, ff, layer.Down, ff, 1f, x.Span, h);
+            AddBlock(x, up, layer.Down, l, perturb, 6);
         }
 
         RmsNorm(x, _finalNorm, normed);
         var logits = Matrix.Uninitialized(t, _c.VocabSize);
         Project(normed, _lmHead, logits);
         return logits;
+    }
+
+    /// <summary>x += input·Wᵀ, through <paramref name="perturb"/> (as <paramref name="projection"/>) when given.</summary>
+    private static void AddBlock(Matrix x, Matrix input, float[] w, int layer, Action<int, int, Matrix>? perturb, int projection)
+    {
+        int t = x.Rows, h = x.Columns, k = input.Columns;
+        if (perturb is null)
+        {
+            Gemm.Multiply(Transpose.No, Transpose.Yes, t, h, k, 1f, input.Span, k, w, k, 1f, x.Span, h);
+            return;
+        }
+
+        using Matrix output = Matrix.Uninitialized(t, h);
+        Gemm.Multiply(Transpose.No, Transpose.Yes, t, h, k, 1f, input.Span, k, w, k, 0f, output.Span, h);
+        perturb(layer, projection, output);
+        TensorPrimitives.Add(x.Span, output.Span, x.Span);
     }
 
     /// <summary>y = x·Wᵀ for a row-major W [out, in].</summary>

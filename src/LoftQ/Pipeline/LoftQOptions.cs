@@ -45,6 +45,17 @@ public sealed record LoftQOptions
     /// </summary>
     public double Bits { get; init; } = 4;
 
+    /// <summary>
+    /// Budgeted mixed precision: an average of bits per target weight (e.g. 2.5) that the checkpoint pipeline spends
+    /// where it reduces the error most, choosing each target's bits from <see cref="BudgetBits"/> (an exact knapsack
+    /// over probed errors; the report lists the allocation). Overrides <see cref="Bits"/>; not combinable with
+    /// <see cref="BitsPatterns"/> or a custom <see cref="Policy"/>. Null (the default) = no budget.
+    /// </summary>
+    public double? BitBudget { get; init; }
+
+    /// <summary>The bit widths a <see cref="BitBudget"/> chooses from (default 2, 3 and 4; add 8 if wanted).</summary>
+    public IReadOnlyList<int> BudgetBits { get; init; } = [2, 3, 4];
+
     /// <summary>The quantizer family.</summary>
     public QuantizerKind Quantizer { get; init; } = QuantizerKind.NormalFloat;
 

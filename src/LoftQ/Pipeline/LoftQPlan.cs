@@ -25,13 +25,29 @@ public sealed class LoftQPlan
     /// <param name="options">The run's options.</param>
     /// <param name="layerCount">Decoder layers (used by LoftQ's mixed precision, <see cref="LoftQOptions.Bits"/> fractional).</param>
     /// <exception cref="ArgumentException">An option is invalid (the message names it).</exception>
+    /// <exception cref="NotSupportedException">
+    /// <see cref="LoftQOptions.BitBudget"/> is set: the budget is allocated over a whole checkpoint by
+    /// <see cref="LoftQ.Initialize(string, string, LoftQOptions?, IProgress{LoftQProgress}?, CancellationToken)"/>.
+    /// </exception>
     public LoftQPlan(LoftQOptions options, int layerCount)
+        : this(options, layerCount, null)
+    {
+    }
+
+    /// <summary>A plan whose targets get <paramref name="allocated"/>'s quantizers (a <see cref="LoftQOptions.BitBudget"/> allocation).</summary>
+    internal LoftQPlan(LoftQOptions options, int layerCount, IQuantizationPolicy? allocated)
     {
         ArgumentNullException.ThrowIfNull(options);
         OptionChecks.Validate(options);
+        if (options.BitBudget is not null && allocated is null)
+        {
+            throw new NotSupportedException(
+                "LoftQOptions.BitBudget is allocated over a whole checkpoint by LoftQ.Initialize(modelDirectory, outputDirectory, ...); a model-level run cannot use it. Choose bits per target with LoftQOptions.BitsPatterns instead.");
+        }
+
         Options = options;
         LayerCount = layerCount;
-        Policy = QuantizerFactory.BuildPolicy(options, layerCount);
+        Policy = allocated ?? QuantizerFactory.BuildPolicy(options, layerCount);
     }
 
     /// <summary>The options.</summary>
@@ -88,34 +104,7 @@ public sealed class LoftQPlan
         }
 
         IQuantizer quantizer = Policy.Select(tensorName);
-        int seed = LayerSeed(tensorName);
-        ILowRankSolver solver = Options.Solver == SolverKind.Exact ? new ExactSvdSolver() : new RandomizedSvdSolver(seed: seed);
-        InputWeighting? weighting = null;
-        if (Options.Objective != LoftQObjective.Weight)
-        {
-            string module = tensorName.EndsWith(".weight", StringComparison.Ordinal) ? tensorName[..^7] : tensorName;
-            CalibrationStatistics calibration = Options.Calibration!;
-            if (!calibration.Contains(module))
-            {
-                throw new ArgumentException($"LoftQOptions.Calibration has no input statistics for '{module}'; the activation-aware objectives need them for every target.");
-            }
-
-            if (calibration.FeaturesOf(module) != weight.Columns)
-            {
-                throw new ArgumentException($"LoftQOptions.Calibration has {calibration.FeaturesOf(module)} input features for '{module}' but its weight is [{weight.Rows}, {weight.Columns}]; were the statistics collected from another model?");
-            }
-
-            weighting = calibration.Weighting(module, Options.Objective, Options.Damping);
-        }
-
-        var optimizer = new AlternatingOptimizer(quantizer, solver)
-        {
-            Seed = seed,
-            Weighting = weighting,
-            WeightedScaleSearch = Options.ActivationWeightedScales,
-            LowRankFirst = Options.LowRankFirst,
-        };
-        LoftQResult result = optimizer.Run(weight, Options.Rank, Options.Iterations);
+        LoftQResult result = Optimize(tensorName, weight, quantizer, Options.Iterations, out InputWeighting? weighting);
         try
         {
             // PEFT adds (alpha / r)·B·A: keep B·r/alpha so the sum reproduces the optimizer's Q + B·A.
@@ -157,6 +146,48 @@ public sealed class LoftQPlan
         _ => "weight",
     };
 
+    /// <summary>
+    /// Runs the optimizer on one target with <paramref name="quantizer"/> and <paramref name="iterations"/> passes, with
+    /// the run's solver, seed, objective (<paramref name="weighting"/>, null for the weight objective) and order.
+    /// </summary>
+    internal LoftQResult Optimize(string tensorName, Matrix weight, IQuantizer quantizer, int iterations, out InputWeighting? weighting)
+    {
+        int seed = LayerSeed(tensorName);
+        ILowRankSolver solver = Options.Solver == SolverKind.Exact ? new ExactSvdSolver() : new RandomizedSvdSolver(seed: seed);
+        weighting = WeightingOf(tensorName, weight);
+        var optimizer = new AlternatingOptimizer(quantizer, solver)
+        {
+            Seed = seed,
+            Weighting = weighting,
+            WeightedScaleSearch = Options.ActivationWeightedScales,
+            LowRankFirst = Options.LowRankFirst,
+        };
+        return optimizer.Run(weight, Options.Rank, iterations);
+    }
+
+    /// <summary>The target's input weighting under an activation-aware objective; null for the weight objective.</summary>
+    internal InputWeighting? WeightingOf(string tensorName, Matrix weight)
+    {
+        if (Options.Objective == LoftQObjective.Weight)
+        {
+            return null;
+        }
+
+        string module = tensorName.EndsWith(".weight", StringComparison.Ordinal) ? tensorName[..^7] : tensorName;
+        CalibrationStatistics calibration = Options.Calibration!;
+        if (!calibration.Contains(module))
+        {
+            throw new ArgumentException($"LoftQOptions.Calibration has no input statistics for '{module}'; the activation-aware objectives need them for every target.");
+        }
+
+        if (calibration.FeaturesOf(module) != weight.Columns)
+        {
+            throw new ArgumentException($"LoftQOptions.Calibration has {calibration.FeaturesOf(module)} input features for '{module}' but its weight is [{weight.Rows}, {weight.Columns}]; were the statistics collected from another model?");
+        }
+
+        return calibration.Weighting(module, Options.Objective, Options.Damping);
+    }
+
     /// <summary>The options as a report records them in <see cref="LoftQReport.Settings"/>.</summary>
     /// <remarks>With a custom <see cref="LoftQOptions.Policy"/>, <see cref="LoftQSettings.Bits"/> and <see cref="LoftQSettings.Quantizer"/> are null: the policy, not those options, chose the quantizers.</remarks>
     public LoftQSettings DescribeSettings()
@@ -165,7 +196,8 @@ public sealed class LoftQPlan
         bool custom = o.Policy is not null;
         return new LoftQSettings
         {
-            Bits = custom ? null : o.Bits,
+            Bits = custom || o.BitBudget is not null ? null : o.Bits,
+            BitBudget = o.BitBudget,
             Quantizer = custom ? null : OptionChecks.QuantizerFlag(o.Quantizer),
             Policy = Policy.Describe(),
             Rank = o.Rank,

@@ -61,6 +61,9 @@ public sealed record LoftQSettings
     /// <summary><see cref="LoftQOptions.Bits"/> (fractional for LoftQ's mixed precision); null when a custom policy chose the quantizers.</summary>
     public double? Bits { get; init; }
 
+    /// <summary><see cref="LoftQOptions.BitBudget"/>: the average-bits budget (the allocation is in <see cref="Policy"/> and each layer's bits); null without one.</summary>
+    public double? BitBudget { get; init; }
+
     /// <summary>The quantizer family: <c>nf</c>, <c>uniform</c> or <c>uniform-asym</c>; null when a custom policy chose the quantizers.</summary>
     public string? Quantizer { get; init; }
 

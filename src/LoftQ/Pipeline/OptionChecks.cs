@@ -59,6 +59,38 @@ internal static class OptionChecks
             }
         }
 
+        if (o.BitBudget is double budget)
+        {
+            if (o.Policy is not null || o.BitsPatterns is { Count: > 0 })
+            {
+                throw new ArgumentException("LoftQOptions.BitBudget chooses every target's bits; it cannot be combined with LoftQOptions.Policy or LoftQOptions.BitsPatterns.");
+            }
+
+            if (o.BudgetBits is not { Count: > 0 } candidates || candidates.Distinct().Count() != candidates.Count)
+            {
+                throw new ArgumentException("LoftQOptions.BudgetBits must list at least one bit width, each once.");
+            }
+
+            foreach (int b in candidates)
+            {
+                if (!IsSupportedBits(o.Quantizer, b))
+                {
+                    throw new ArgumentException($"LoftQOptions.BudgetBits entry {b} is not supported by the {QuantizerFlag(o.Quantizer)} quantizer ({SupportedBitsText(o.Quantizer)}).");
+                }
+            }
+
+            if (!double.IsFinite(budget) || budget < candidates.Min() || budget > candidates.Max())
+            {
+                throw new ArgumentException(string.Create(CultureInfo.InvariantCulture,
+                    $"LoftQOptions.BitBudget = {budget} must lie between the smallest and the largest of LoftQOptions.BudgetBits ({candidates.Min()}..{candidates.Max()})."));
+            }
+        }
+
+        if (o.BitBudget is not null && o.Objective != LoftQObjective.Weight && o.Calibration is { HasSensitivities: false })
+        {
+            throw new ArgumentException("LoftQOptions.BitBudget with an activation objective weighs each target by its measured sensitivity; collect LoftQOptions.Calibration with sensitivityWindows > 0.");
+        }
+
         if (!(o.Damping >= 0) || !double.IsFinite(o.Damping))
         {
             throw new ArgumentException($"LoftQOptions.Damping must be finite and at least 0, got {o.Damping}.");
