@@ -308,8 +308,15 @@ public static class LoftQModelInitializer
 
         IQuantizer quantizer = plan.Policy.Select(slot.Path + ".weight");
         bool blockwise = quantizer is BlockwiseQuantizer { ScaleSearch: null };
+        bool plainObjective = plan.Options is { Objective: LoftQObjective.Weight, LowRankFirst: false };
         if (engine == LoftQEngine.Torch)
         {
+            if (!plainObjective)
+            {
+                throw new ArgumentException("LoftQEngine.Torch runs the weight objective in LoftQ order only; LoftQOptions.Objective = "
+                    + $"{plan.Options.Objective} / LowRankFirst = {plan.Options.LowRankFirst} need LoftQEngine.Managed or Auto.");
+            }
+
             return blockwise
                 ? true
                 : throw new ArgumentException(quantizer is BlockwiseQuantizer
@@ -317,7 +324,7 @@ public static class LoftQModelInitializer
                     : $"LoftQEngine.Torch runs the built-in blockwise quantizers only; '{slot.Path}' gets the custom quantizer {quantizer.Name}. Use LoftQEngine.Managed or Auto.");
         }
 
-        return blockwise && slot.Linear.weight!.device_type != DeviceType.CPU;
+        return blockwise && plainObjective && slot.Linear.weight!.device_type != DeviceType.CPU;
     }
 
     /// <summary>One target on the torch engine, on its weight's device: the same quantizer and seed as the managed path.</summary>

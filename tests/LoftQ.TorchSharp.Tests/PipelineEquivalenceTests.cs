@@ -70,6 +70,41 @@ public class PipelineEquivalenceTests : TorchTestBase
     }
 
     [Fact]
+    public void TheActivationObjectiveAndQPiSSAOrderGiveTheSameResultsAsThePipeline()
+    {
+        byte[] train = File.ReadAllBytes(Path.Combine(TestFiles.Data, "fortunes-train.txt"));
+        CalibrationStatistics calibration = CalibrationStatistics.Collect(TestFiles.FixtureModel, train, windows: 2, windowLength: 64);
+        var options = new LoftQOptions
+        {
+            Bits = 2, Rank = 8, Iterations = 2, Targets = ["k_proj", "down_proj"], Objective = LoftQObjective.Activation,
+            Calibration = calibration, LowRankFirst = true, ScaleSearch = Quantization.BlockScaleSearch.Default,
+        };
+        using var output = new TempDir();
+        LoftQReport fileReport = LoftQ.Initialize(TestFiles.FixtureModel, Path.Combine(output.Path, "out"), options);
+
+        using var scope = NewDisposeScope();
+        using var model = LlamaForCausalLM.FromPretrained(TestFiles.FixtureModel, ScalarType.Float32);
+        ArgumentException refused = Assert.Throws<ArgumentException>(() => LoftQ.Initialize(model, options, modelOptions: new LoftQModelOptions { Engine = LoftQEngine.Torch }));
+        Assert.Contains("LoftQEngine.Managed or Auto", refused.Message, StringComparison.Ordinal);
+        Assert.Throws<NotSupportedException>(() => LoftQ.Initialize(model, options with { BitBudget = 2.5, Objective = LoftQObjective.Weight, Calibration = null }));
+
+        LoftQReport modelReport = LoftQ.Initialize(model, options);
+        var byName = modelReport.Layers.ToDictionary(l => l.Name);
+        Assert.Equal(16, fileReport.Layers.Count);
+        foreach (LayerReport expected in fileReport.Layers)
+        {
+            LayerReport actual = byName[expected.Name];
+            Assert.Equal(expected.ErrorTrace, actual.ErrorTrace);
+            Assert.NotNull(actual.WeightedError);
+            Assert.Equal(expected.WeightedError, actual.WeightedError);
+        }
+
+        Assert.Equal(fileReport.Settings with { Threads = 0 }, modelReport.Settings with { Threads = 0 });
+        Assert.Equal("activation", modelReport.Settings.Objective);
+        Assert.True(modelReport.Settings.LowRankFirst);
+    }
+
+    [Fact]
     public void SavedAdapterEqualsThePipelinesLoftQInitFile()
     {
         var options = new LoftQOptions { Bits = 2, Rank = 16, Iterations = 2, Alpha = 32 };

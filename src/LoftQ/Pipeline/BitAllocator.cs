@@ -112,7 +112,7 @@ internal static class BitAllocator
     /// error with Σ size·bits ≤ budget·Σ size. Exact when the table fits <see cref="MaxExactWork"/>, else greedy.
     /// </summary>
     /// <exception cref="ArgumentException">The budget is below the smallest candidate.</exception>
-    internal static int[] Solve(long[] sizes, double[][] errors, int[] candidates, double budget, out bool exact)
+    internal static int[] Solve(long[] sizes, double[][] errors, int[] candidates, double budget, out bool exact, long maxExactWork = MaxExactWork)
     {
         int items = sizes.Length;
         int k = candidates.Length;
@@ -143,7 +143,7 @@ internal static class BitAllocator
         double spare = (budget - lowest) * totalUnits;
         long capacity = (long)Math.Floor(spare + (1e-9 * Math.Max(1, spare)));
         capacity = Math.Min(capacity, totalUnits * (candidates[^1] - lowest));
-        exact = (double)items * (capacity + 1) * k <= MaxExactWork;
+        exact = (double)items * (capacity + 1) * k <= maxExactWork;
         return exact ? Knapsack(units, errors, candidates, capacity, choice) : Greedy(units, errors, candidates, capacity, choice);
     }
 

@@ -295,7 +295,7 @@ public sealed class CalibrationStatistics
     }
 
     /// <summary>Whether per-projection output sensitivities were measured (<see cref="Sensitivity"/>).</summary>
-    internal bool HasSensitivities => _sensitivities is not null;
+    public bool HasSensitivities => _sensitivities is not null;
 
     /// <summary>
     /// The model's next-byte KL divergence (nats per byte) per unit of relative output-error energy of

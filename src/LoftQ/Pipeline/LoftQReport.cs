@@ -36,10 +36,12 @@ public sealed record LayerReport
     /// With an activation-aware objective: ‖(W − Q − B·A)·R‖/‖W·R‖ of the kept pass, the output error on the
     /// calibration inputs relative to the output (R·Rᵀ = the damped second moments); null otherwise.
     /// </summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
     public double? WeightedError { get; init; }
 
     /// <summary>With an activation-aware objective: the same for the QLoRA baseline q(W); null otherwise.</summary>
     [JsonPropertyName("qlora_weighted_error")]
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
     public double? QLoRAWeightedError { get; init; }
 
     /// <summary>Wall-clock seconds spent on this matrix.</summary>

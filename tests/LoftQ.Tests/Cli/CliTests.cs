@@ -150,4 +150,53 @@ public sealed class CliTests
         Assert.Contains("GEMM kernel:", stdout, StringComparison.Ordinal);
         Assert.Contains($"threads: {LoftQNet.Numerics.ComputeSettings.MaxThreads}", stdout, StringComparison.Ordinal);
     }
+
+    [Fact]
+    public void ActivationObjective_collects_caches_and_reuses_calibration_and_records_it()
+    {
+        using var dir = new TempDirectory();
+        string train = Path.Combine(TestData.Root, "fortunes-train.txt");
+        string cache = dir.Combine("cal.safetensors");
+        string[] common = ["--bits", "2", "--rank", "4", "--iters", "1", "--targets", "k_proj", "--json", "--objective", "activation-diag",
+            "--calibration", train, "--calibration-windows", "2", "--calibration-cache", cache];
+        (int code0, string first, string err0) = Run(["quantize", TestData.Model, "--out", dir.Combine("a"), .. common]);
+        Assert.True(code0 == 0, err0);
+        Assert.Contains("calibration: 2 windows", err0, StringComparison.Ordinal);
+        Assert.True(File.Exists(cache));
+        (int code1, string second, string err1) = Run(["quantize", TestData.Model, "--out", dir.Combine("b"), .. common]);
+        Assert.True(code1 == 0, err1);
+        Assert.Contains("calibration: reusing", err1, StringComparison.Ordinal);
+        JsonNode a = JsonNode.Parse(first)!, b = JsonNode.Parse(second)!;
+        Assert.Equal("activation-diag", (string?)a["settings"]!["objective"]);
+        Assert.Equal(a["mean_loftq_error"]!.GetValue<double>(), b["mean_loftq_error"]!.GetValue<double>());
+        Assert.NotNull(a["layers"]![0]!["weighted_error"]);
+    }
+
+    [Theory]
+    [InlineData("needs --calibration FILE", "--objective", "activation")]
+    [InlineData("used only by --objective activation", "--calibration", "README.md")]
+    [InlineData("does not exist", "--objective", "activation-diag", "--calibration", "no-such-file.txt")]
+    [InlineData("--calibration-windows must be at least 1", "--objective", "activation-diag", "--calibration", "tests/data/fortunes-val.txt", "--calibration-windows", "0")]
+    [InlineData("LoftQOptions.BitBudget", "--bit-budget", "4.5")]
+    public void ActivationAndBudgetOptions_are_checked_with_clear_messages(string expected, params string[] extra)
+    {
+        using var dir = new TempDirectory();
+        string[] args = [.. extra.Select(a => a.StartsWith("tests/", StringComparison.Ordinal) ? Path.Combine(TestData.Root, "..", "..", a) : a)];
+        (int code, _, string stderr) = Run(["quantize", TestData.Model, "--out", dir.Combine("o"), .. args]);
+        Assert.Equal(2, code);
+        Assert.Contains(expected, stderr, StringComparison.Ordinal);
+        Assert.False(Directory.Exists(dir.Combine("o")));
+    }
+
+    [Fact]
+    public void BitBudget_spends_the_budget_and_prints_the_allocation()
+    {
+        using var dir = new TempDirectory();
+        (int code, string stdout, string stderr) = Run("quantize", TestData.Model, "--out", dir.Combine("o"), "--bit-budget", "3", "--rank", "4", "--iters", "1", "--targets", "q_proj", "o_proj", "--json");
+        Assert.True(code == 0, stderr);
+        Assert.Contains("bit budget 3: budget 3 bits (exact knapsack, average 3.0000)", stderr, StringComparison.Ordinal);
+        JsonNode report = JsonNode.Parse(stdout)!;
+        Assert.Equal(3.0, report["average_bits"]!.GetValue<double>(), 12);
+        Assert.Equal(3.0, report["settings"]!["bit_budget"]!.GetValue<double>());
+    }
 }
