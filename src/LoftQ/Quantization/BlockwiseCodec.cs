@@ -261,6 +261,11 @@ internal sealed class BlockwiseCodec
     /// </summary>
     private double BlockError(ReadOnlySpan<float> segment, float scale, float offset, Span<byte> codes, Span<float> scratch, ReadOnlySpan<float> weights)
     {
+        if (QuantizationKernels.TrySquaredError(segment, offset, scale, 1f / scale, _thresholds, _levels, Asymmetric, weights, out double fused))
+        {
+            return fused;
+        }
+
         QuantizationKernels.Codes(segment, offset, scale, 1f / scale, _thresholds, codes);
         QuantizationKernels.Lookup(codes, _levels, scale, offset, Asymmetric, scratch);
         TensorPrimitives.Subtract(segment, scratch, scratch);

@@ -334,6 +334,72 @@ internal static class QuantizationKernels
         }
     }
 
+    /// <summary>
+    /// Σ weight·(x − deq(code(x)))² of coding <paramref name="x"/> with <paramref name="scale"/> and
+    /// <paramref name="offset"/> (weights all 1 when <paramref name="weights"/> is empty), without storing codes: the
+    /// scale search's inner loop. Vector256 for code books of ≤ 16 levels (each lane selects its level by the same
+    /// threshold compares as <see cref="Codes"/>, and dequantizes as <see cref="LookupScalar"/>); false when that path
+    /// does not apply (the caller then codes and looks up).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static bool TrySquaredError(
+        ReadOnlySpan<float> x, float offset, float scale, float inverse, ReadOnlySpan<float> thresholds, ReadOnlySpan<float> levels,
+        bool addOffset, ReadOnlySpan<float> weights, out double error)
+    {
+        error = 0;
+        int nt = thresholds.Length;
+        if (nt >= SmallCodeBook || !Vector256.IsHardwareAccelerated || float.IsInfinity(inverse))
+        {
+            return false;
+        }
+
+        Span<Vector256<float>> tv = stackalloc Vector256<float>[SmallCodeBook];
+        Span<Vector256<float>> lv = stackalloc Vector256<float>[SmallCodeBook];
+        for (int k = 0; k < nt; k++)
+        {
+            tv[k] = Vector256.Create(thresholds[k]);
+        }
+
+        for (int k = 0; k <= nt; k++)
+        {
+            lv[k] = Vector256.Create(levels[k] * scale);
+        }
+
+        var off = Vector256.Create(offset);
+        var inv = Vector256.Create(inverse);
+        Vector256<float> acc = Vector256<float>.Zero;
+        ref float src = ref MemoryMarshal.GetReference(x);
+        ref float wts = ref MemoryMarshal.GetReference(weights);
+        bool weighted = !weights.IsEmpty;
+        int n = x.Length, i = 0;
+        for (; i <= n - 8; i += 8)
+        {
+            Vector256<float> v = Vector256.LoadUnsafe(ref src, (nuint)i);
+            Vector256<float> r = (v - off) * inv;
+            Vector256<float> q = lv[0];
+            for (int k = 0; k < nt; k++)
+            {
+                q = Vector256.ConditionalSelect(Vector256.GreaterThanOrEqual(r, tv[k]), lv[k + 1], q);
+            }
+
+            Vector256<float> e = v - (addOffset ? q + off : q);
+            e *= e;
+            acc += weighted ? e * Vector256.LoadUnsafe(ref wts, (nuint)i) : e;
+        }
+
+        double sum = Vector256.Sum(acc);
+        ref float t0 = ref MemoryMarshal.GetReference(thresholds);
+        for (; i < n; i++)
+        {
+            float level = levels[CodeOf(ref t0, nt + 1, (x[i] - offset) * inverse)] * scale;
+            float e = x[i] - (addOffset ? level + offset : level);
+            sum += (double)e * e * (weighted ? weights[i] : 1f);
+        }
+
+        error = sum;
+        return true;
+    }
+
     /// <summary>Scalar form of <see cref="Lookup"/> (the definition the SIMD forms match bit for bit).</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void LookupScalar(ReadOnlySpan<byte> codes, ReadOnlySpan<float> levels, float scale, float offset, bool addOffset, Span<float> destination)

@@ -133,8 +133,11 @@ public sealed class ApiWordingTests
         Assert.Equal(JsonValueKind.False, settings["double_quant"]!.GetValueKind());
         Assert.Equal("peft", settings["format"]!.GetValue<string>());
         Assert.Equal("randomized", settings["solver"]!.GetValue<string>());
+        Assert.Equal("weight", settings["objective"]!.GetValue<string>());
+        Assert.True(settings.ContainsKey("calibration") && settings["calibration"] is null);
+        Assert.Equal(JsonValueKind.False, settings["low_rank_first"]!.GetValueKind());
         Assert.Equal(
-            ["alpha", "bits", "block_size", "double_quant", "format", "iters", "policy", "quantizer", "rank", "scale_search", "seed", "solver", "threads"],
+            ["alpha", "bit_budget", "bits", "block_size", "calibration", "double_quant", "format", "iters", "low_rank_first", "objective", "policy", "quantizer", "rank", "scale_search", "seed", "solver", "threads"],
             settings.Select(kv => kv.Key).Order(StringComparer.Ordinal));
 
         LoftQReport back = LoftQReport.FromJson(json);

@@ -408,4 +408,46 @@ public class KernelEquivalenceTests
             }
         }
     }
+
+    [Theory]
+    [MemberData(nameof(CodeBooks))]
+    public void TheFusedSquaredErrorEqualsCodingThenLookingUp(string name)
+    {
+        float[] levels = Levels(name);
+        float[] thresholds = QuantizationKernels.ComputeThresholds(levels);
+        bool asymmetric = name.EndsWith("-asym", StringComparison.Ordinal);
+        var rng = new Random(name.Length * 17);
+        foreach (int length in new[] { 64, 61, 7 })
+        {
+            var x = new float[length];
+            var weights = new float[length];
+            for (int i = 0; i < length; i++)
+            {
+                x[i] = (float)((rng.NextDouble() * 2) - 1) * 0.05f;
+                weights[i] = (float)rng.NextDouble() * 3;
+            }
+
+            float scale = 0.8f * (asymmetric ? x.Max() - x.Min() : x.Max(MathF.Abs)), offset = asymmetric ? x.Min() + 0.01f : 0f;
+            var codes = new byte[length];
+            var y = new float[length];
+            QuantizationKernels.CodesScalar(x, offset, 1f / scale, thresholds, codes);
+            QuantizationKernels.LookupScalar(codes, levels, scale, offset, asymmetric, y);
+            double plain = 0, weighted = 0;
+            for (int i = 0; i < length; i++)
+            {
+                double e = x[i] - y[i];
+                plain += e * e;
+                weighted += weights[i] * e * e;
+            }
+
+            bool fused = QuantizationKernels.TrySquaredError(x, offset, scale, 1f / scale, thresholds, levels, asymmetric, default, out double got);
+            Assert.Equal(levels.Length <= 16 && Vector256.IsHardwareAccelerated, fused);
+            if (fused)
+            {
+                Assert.Equal(plain, got, plain * 1e-5);
+                Assert.True(QuantizationKernels.TrySquaredError(x, offset, scale, 1f / scale, thresholds, levels, asymmetric, weights, out double gotWeighted));
+                Assert.Equal(weighted, gotWeighted, weighted * 1e-5);
+            }
+        }
+    }
 }
