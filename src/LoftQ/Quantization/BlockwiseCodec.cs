@@ -25,6 +25,7 @@ internal sealed class BlockwiseCodec
     private readonly float _bucketsPerUnit;
 
     private readonly BlockScaleSearch? _search;
+    private readonly (System.Runtime.Intrinsics.Vector256<float>[] Thresholds, System.Runtime.Intrinsics.Vector256<float>[] Levels)? _errorTables;
 
     /// <summary>Creates the codec; <paramref name="levels"/> must be strictly ascending with 2^<paramref name="bits"/> entries.</summary>
     public BlockwiseCodec(string name, int bits, int blockSize, float[] levels, bool asymmetric, BlockScaleSearch? search = null)
@@ -43,6 +44,7 @@ internal sealed class BlockwiseCodec
         _bucketBases = QuantizationKernels.BuildBuckets(_levels, _thresholds, out _bucketLow, out _bucketsPerUnit);
         search?.Validate();
         _search = search;
+        _errorTables = search is null ? null : QuantizationKernels.SquaredErrorTables(_thresholds, _levels);
     }
 
     /// <summary>The per-block scale search, or null for absmax (min/max) scales.</summary>
@@ -261,7 +263,8 @@ internal sealed class BlockwiseCodec
     /// </summary>
     private double BlockError(ReadOnlySpan<float> segment, float scale, float offset, Span<byte> codes, Span<float> scratch, ReadOnlySpan<float> weights)
     {
-        if (QuantizationKernels.TrySquaredError(segment, offset, scale, 1f / scale, _thresholds, _levels, Asymmetric, weights, out double fused))
+        if (_errorTables is { } tables
+            && QuantizationKernels.TrySquaredError(segment, offset, scale, 1f / scale, tables.Thresholds, tables.Levels, Asymmetric, weights, out double fused))
         {
             return fused;
         }

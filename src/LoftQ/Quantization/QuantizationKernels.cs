@@ -335,63 +335,87 @@ internal static class QuantizationKernels
     }
 
     /// <summary>
-    /// Σ weight·(x − deq(code(x)))² of coding <paramref name="x"/> with <paramref name="scale"/> and
-    /// <paramref name="offset"/> (weights all 1 when <paramref name="weights"/> is empty), without storing codes: the
-    /// scale search's inner loop. Vector256 for code books of ≤ 16 levels (each lane selects its level by the same
-    /// threshold compares as <see cref="Codes"/>, and dequantizes as <see cref="LookupScalar"/>); false when that path
-    /// does not apply (the caller then codes and looks up).
+    /// Broadcast thresholds and levels for <see cref="TrySquaredError"/>, built once per code book; null when the
+    /// fused path does not apply (more than 16 levels, or no Vector256).
     /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    internal static bool TrySquaredError(
-        ReadOnlySpan<float> x, float offset, float scale, float inverse, ReadOnlySpan<float> thresholds, ReadOnlySpan<float> levels,
-        bool addOffset, ReadOnlySpan<float> weights, out double error)
+    internal static (Vector256<float>[] Thresholds, Vector256<float>[] Levels)? SquaredErrorTables(ReadOnlySpan<float> thresholds, ReadOnlySpan<float> levels)
     {
-        error = 0;
-        int nt = thresholds.Length;
-        if (nt >= SmallCodeBook || !Vector256.IsHardwareAccelerated || float.IsInfinity(inverse))
+        if (thresholds.Length >= SmallCodeBook || !Vector256.IsHardwareAccelerated)
         {
-            return false;
+            return null;
         }
 
-        Span<Vector256<float>> tv = stackalloc Vector256<float>[SmallCodeBook];
-        Span<Vector256<float>> lv = stackalloc Vector256<float>[SmallCodeBook];
-        for (int k = 0; k < nt; k++)
+        var tv = new Vector256<float>[thresholds.Length];
+        var lv = new Vector256<float>[levels.Length];
+        for (int k = 0; k < tv.Length; k++)
         {
             tv[k] = Vector256.Create(thresholds[k]);
         }
 
-        for (int k = 0; k <= nt; k++)
+        for (int k = 0; k < lv.Length; k++)
         {
-            lv[k] = Vector256.Create(levels[k] * scale);
+            lv[k] = Vector256.Create(levels[k]);
         }
 
+        return (tv, lv);
+    }
+
+    /// <summary>
+    /// Σ weight·(x − deq(code(x)))² of coding <paramref name="x"/> with <paramref name="scale"/> and
+    /// <paramref name="offset"/> (weights all 1 when <paramref name="weights"/> is empty), without storing codes: the
+    /// scale search's inner loop. Each lane selects its level by the same threshold compares as <see cref="Codes"/>
+    /// and dequantizes as <see cref="LookupScalar"/> (level·scale, plus the offset when asymmetric). False when the
+    /// inverse scale overflows (the caller then codes and looks up).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static bool TrySquaredError(
+        ReadOnlySpan<float> x, float offset, float scale, float inverse, Vector256<float>[] thresholds, Vector256<float>[] levels,
+        bool addOffset, ReadOnlySpan<float> weights, out double error)
+    {
+        error = 0;
+        if (float.IsInfinity(inverse))
+        {
+            return false;
+        }
+
+        int nt = thresholds.Length;
         var off = Vector256.Create(offset);
         var inv = Vector256.Create(inverse);
+        var sc = Vector256.Create(scale);
         Vector256<float> acc = Vector256<float>.Zero;
         ref float src = ref MemoryMarshal.GetReference(x);
         ref float wts = ref MemoryMarshal.GetReference(weights);
+        ref Vector256<float> t0 = ref MemoryMarshal.GetArrayDataReference(thresholds);
+        ref Vector256<float> l0 = ref MemoryMarshal.GetArrayDataReference(levels);
         bool weighted = !weights.IsEmpty;
         int n = x.Length, i = 0;
         for (; i <= n - 8; i += 8)
         {
             Vector256<float> v = Vector256.LoadUnsafe(ref src, (nuint)i);
             Vector256<float> r = (v - off) * inv;
-            Vector256<float> q = lv[0];
+            Vector256<float> q = l0;
             for (int k = 0; k < nt; k++)
             {
-                q = Vector256.ConditionalSelect(Vector256.GreaterThanOrEqual(r, tv[k]), lv[k + 1], q);
+                q = Vector256.ConditionalSelect(Vector256.GreaterThanOrEqual(r, Unsafe.Add(ref t0, k)), Unsafe.Add(ref l0, k + 1), q);
             }
 
+            q *= sc;
             Vector256<float> e = v - (addOffset ? q + off : q);
             e *= e;
             acc += weighted ? e * Vector256.LoadUnsafe(ref wts, (nuint)i) : e;
         }
 
         double sum = Vector256.Sum(acc);
-        ref float t0 = ref MemoryMarshal.GetReference(thresholds);
         for (; i < n; i++)
         {
-            float level = levels[CodeOf(ref t0, nt + 1, (x[i] - offset) * inverse)] * scale;
+            float r = (x[i] - offset) * inverse;
+            int code = 0;
+            for (int k = 0; k < nt; k++)
+            {
+                code += r >= thresholds[k][0] ? 1 : 0;
+            }
+
+            float level = levels[code][0] * scale;
             float e = x[i] - (addOffset ? level + offset : level);
             sum += (double)e * e * (weighted ? weights[i] : 1f);
         }
