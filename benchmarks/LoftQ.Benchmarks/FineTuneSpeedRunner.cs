@@ -24,7 +24,7 @@ internal static class FineTuneSpeedRunner
         TorchRuntime.EnsureLoaded();
         torch.set_num_threads(threads);
         using var llama = LlamaForCausalLM.FromPretrained(model, ScalarType.Float32);
-        var options = new LoftQOptions { Rank = 16, Alpha = 16, Threads = threads };
+        var options = new LoftQOptions { Rank = 16, Alpha = 16, Threads = threads, ScaleSearch = null };
         switch (config)
         {
             case "lora":

@@ -91,7 +91,7 @@ internal static class TorchLayerRunner
                 using (var llama = LlamaForCausalLM.FromPretrained(modelDirectory, ScalarType.Float32))
                 {
                     var clock = Stopwatch.StartNew();
-                    LoftQReport report = LoftQ.Initialize(llama, new LoftQOptions { Bits = 2, Rank = 16, Iterations = 5 }, modelOptions: new LoftQModelOptions { Engine = engine });
+                    LoftQReport report = LoftQ.Initialize(llama, new LoftQOptions { Bits = 2, Rank = 16, Iterations = 5, ScaleSearch = null }, modelOptions: new LoftQModelOptions { Engine = engine });
                     if (i > 0)
                     {
                         model.Add(clock.Elapsed.TotalSeconds);
@@ -102,7 +102,7 @@ internal static class TorchLayerRunner
 
                 using var one = new OneLayer(4096);
                 var c2 = Stopwatch.StartNew();
-                LoftQReport r2 = LoftQ.Initialize(one, new LoftQOptions { Bits = 4, Rank = 64, Iterations = 5, Targets = ["proj"] }, modelOptions: new LoftQModelOptions { Engine = engine });
+                LoftQReport r2 = LoftQ.Initialize(one, new LoftQOptions { Bits = 4, Rank = 64, Iterations = 5, Targets = ["proj"], ScaleSearch = null }, modelOptions: new LoftQModelOptions { Engine = engine });
                 if (i > 0)
                 {
                     layer.Add(c2.Elapsed.TotalSeconds);

@@ -61,7 +61,7 @@ LOFTQ_NUM_THREADS=$threads $bench compare "$work/plan.json" | tee "$work/ours.js
 
 # End to end: the whole bundled model through the CLI, process start and output writing included.
 rm -rf "$work/e2e-out"
-/usr/bin/time -f '%e %M' -o "$work/e2e.time" env LOFTQ_NUM_THREADS=$threads "$work/loftq/LoftQ.Cli" quantize "$model" --out "$work/e2e-out" --bits 2 --rank 16 --iters 5 --json > "$work/e2e.json"
+/usr/bin/time -f '%e %M' -o "$work/e2e.time" env LOFTQ_NUM_THREADS=$threads "$work/loftq/LoftQ.Cli" quantize "$model" --out "$work/e2e-out" --bits 2 --rank 16 --iters 5 --scale-search false --json > "$work/e2e.json"
 $py - "$work" >> "$work/ours.jsonl" <<'PY'
 import json, sys
 work = sys.argv[1]

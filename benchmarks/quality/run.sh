@@ -47,17 +47,17 @@ PY
 run "2.5 bits, budget, activation-diag, searched scales" --bit-budget 2.5 --scale-search --objective activation-diag "${cal[@]}" --calibration-cache "$work/diag.safetensors"
 run "2.5 bits, budget, weight objective, searched scales" --bit-budget 2.5 --scale-search
 run "2.5 bits, first-k rule, searched scales" --bits 2.5 --scale-search
-run "2.5 bits, first-k rule" --bits 2.5
-run "NF2, LoftQ" --bits 2
+run "2.5 bits, first-k rule" --bits 2.5 --scale-search false
+run "NF2, LoftQ" --bits 2 --scale-search false
 run "NF2, searched scales" --bits 2 --scale-search
 run "NF2, searched scales, activation-diag" --bits 2 --scale-search --objective activation-diag "${cal[@]}" --calibration-cache "$work/diag.safetensors"
 run "NF2, searched scales, activation (full)" --bits 2 --scale-search --objective activation "${cal[@]}" --calibration-cache "$work/full.safetensors"
 run "NF2, searched scales (unweighted), activation-diag" --bits 2 --scale-search --plain-scale-search --objective activation-diag "${cal[@]}" --calibration-cache "$work/diag.safetensors"
-run "NF2, activation-diag (absmax scales)" --bits 2 --objective activation-diag "${cal[@]}" --calibration-cache "$work/diag.safetensors"
+run "NF2, activation-diag (absmax scales)" --bits 2 --scale-search false --objective activation-diag "${cal[@]}" --calibration-cache "$work/diag.safetensors"
 run "NF2, searched scales, activation-diag, QPiSSA order" --bits 2 --scale-search --objective activation-diag --low-rank-first "${cal[@]}" --calibration-cache "$work/diag.safetensors"
 run "NF3, searched scales" --bits 3 --scale-search
 run "NF3, searched scales, activation-diag" --bits 3 --scale-search --objective activation-diag "${cal[@]}" --calibration-cache "$work/diag.safetensors"
-run "NF4, LoftQ" --bits 4
+run "NF4, LoftQ" --bits 4 --scale-search false
 run "NF4, searched scales" --bits 4 --scale-search
 run "NF4, searched scales, activation-diag" --bits 4 --scale-search --objective activation-diag "${cal[@]}" --calibration-cache "$work/diag.safetensors"
 

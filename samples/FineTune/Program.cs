@@ -140,6 +140,7 @@ internal sealed record Run(
             Solver = Solver,
             Seed = Seed,
             Threads = Threads,
+            ScaleSearch = null, // the paper's protocol: reference LoftQ and bitsandbytes' QLoRA (absmax block scales)
         };
         string label = start == "lora" ? "16" : string.Create(CultureInfo.InvariantCulture, $"NF{bits}");
         AnsiConsole.MarkupLineInterpolated($"[bold]{start} {label}[/] on {Model} -> {directory}");

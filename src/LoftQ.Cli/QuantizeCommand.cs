@@ -29,7 +29,7 @@ internal static class QuantizeCommand
         var format = new Option<string>("--format") { Description = "Backbone format: peft (dequantized Q in the original dtype) or bnb-nf4 (pre-quantized bitsandbytes NF4).", DefaultValueFactory = _ => "peft" };
         format.AcceptOnlyFromAmong("peft", "bnb-nf4");
         var doubleQuant = new Option<bool>("--double-quant") { Description = "With --format bnb-nf4: quantize the absmax values too (bitsandbytes double quantization)." };
-        var scaleSearch = new Option<bool>("--scale-search") { Description = "Search each block's scale (a clip ratio from 1 down to 0.5) for the least squared error instead of using its absmax; formats are unchanged." };
+        var scaleSearch = new Option<bool>("--scale-search") { Description = "Search each block's scale (a clip ratio from 1 down to 0.5) for the least squared error instead of using its absmax (the default); '--scale-search false' gives the reference LoftQ that PEFT computes and bitsandbytes' QLoRA. Formats are the same either way.", DefaultValueFactory = _ => true };
         var objective = new Option<string>("--objective") { Description = "What each target minimises: weight (the paper's ||W - Q - B*A||), activation (the output error on the calibration inputs, full second moments) or activation-diag (per-input-channel second moments only; cheap). The activation objectives need --calibration.", DefaultValueFactory = _ => "weight" };
         objective.AcceptOnlyFromAmong("weight", "activation", "activation-diag");
         var calibration = new Option<string?>("--calibration") { Description = "Calibration text for the activation objectives (read as bytes; keep it apart from your evaluation text)." };

@@ -16,7 +16,7 @@ public sealed class FineTuneProtocolTests : TorchTestBase
     public void LoftqEvalOnBackbonePlusFineTunedAdapterMatchesTheTrainersOwnNumber()
     {
         using var dir = new TempDir();
-        var options = new LoftQOptions { Bits = 2, Rank = 16, Alpha = 16, Iterations = 1 };
+        var options = new LoftQOptions { Bits = 2, Rank = 16, Alpha = 16, Iterations = 1, ScaleSearch = null };
         string backbone = Path.Combine(dir.Path, "backbone"), adapter = Path.Combine(dir.Path, "adapter");
         LoftQ.Initialize(TestFiles.FixtureModel, backbone, options);       // what `loftq quantize` writes
         using LlamaForCausalLM model = LlamaForCausalLM.FromPretrained(TestFiles.FixtureModel, ScalarType.Float32);
@@ -43,7 +43,7 @@ public sealed class FineTuneProtocolTests : TorchTestBase
         (double Initial, double Final, IReadOnlyList<double> Losses) Run(int iterations)
         {
             using LlamaForCausalLM model = LlamaForCausalLM.FromPretrained(TestFiles.FixtureModel, ScalarType.Float32);
-            LoftQ.Initialize(model, new LoftQOptions { Bits = 2, Rank = 16, Alpha = 16, Iterations = iterations });
+            LoftQ.Initialize(model, new LoftQOptions { Bits = 2, Rank = 16, Alpha = 16, Iterations = iterations, ScaleSearch = null });
             TrainingResult r = new LoraTrainer(model, new LoraTrainingOptions { Steps = 20, EvaluationWindows = 32 }).Train(train, val);
             return (r.Evaluations[0].BitsPerToken, r.Evaluations[^1].BitsPerToken, r.Losses);
         }

@@ -43,6 +43,9 @@ public class InitializeTests : TorchTestBase
         using var searched = new TinyModel();
         LoftQReport p = LoftQ.Initialize(plain, options with { ScaleSearch = null });
         LoftQReport s = LoftQ.Initialize(searched, options); // Auto on the CPU: the managed engine
+        using var defaults = new TinyModel();
+        LoftQReport d = LoftQ.Initialize(defaults, new LoftQOptions { Bits = 2, Rank = 4, Iterations = 1 }); // searched scales are the default
+        Assert.Equal(s.Settings.ScaleSearch, d.Settings.ScaleSearch);
         Assert.Equal("clip grid 1..0.5 in 20 steps", s.Settings.ScaleSearch);
         Assert.True(s.Layers.Average(l => l.RelativeError) < p.Layers.Average(l => l.RelativeError));
     }
@@ -163,6 +166,7 @@ public class InitializeTests : TorchTestBase
             Iterations = 3,
             Targets = ["q_proj", "down_proj"],
             Quantizer = quantizer == "nf" ? QuantizerKind.NormalFloat : QuantizerKind.UniformAsymmetric,
+            ScaleSearch = null, // the torch engine has no scale search yet
         };
         using var managedModel = new TinyModel(width: 256);
         using var torchModel = new TinyModel(width: 256);

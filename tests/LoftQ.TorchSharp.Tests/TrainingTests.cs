@@ -10,7 +10,7 @@ namespace LoftQNet.TorchSharp.Tests;
 [Collection(LoftQNet.TorchSharp.Tests.Models.TorchCollection.Name)]
 public sealed class TrainingTests : TorchTestBase
 {
-    private static readonly LoftQOptions Tiny4Bit = new() { Bits = 4, Rank = 4, Alpha = 8, Iterations = 2 };
+    private static readonly LoftQOptions Tiny4Bit = new() { Bits = 4, Rank = 4, Alpha = 8, Iterations = 2, ScaleSearch = null };
 
     /// <summary>A randomly initialised 2-layer byte-level LLaMA (hidden 64), the same weights for the same seed.</summary>
     internal static LlamaForCausalLM TinyLlama(int seed = 0)

@@ -69,11 +69,12 @@ public sealed record LoftQOptions
     public int BlockSize { get; init; } = 64;
 
     /// <summary>
-    /// Search each block's scale for the least squared error instead of using its absmax
-    /// (<see cref="BlockScaleSearch"/>, e.g. <see cref="BlockScaleSearch.Default"/>); null (the default) keeps absmax
-    /// scales. Ignored by a custom <see cref="Policy"/>, whose quantizers carry their own setting.
+    /// Each block's scale is searched for the least squared error (<see cref="BlockScaleSearch"/>; the default,
+    /// <see cref="BlockScaleSearch.Default"/>, won at every bit width measured) instead of being its absmax. Set it to
+    /// null for the reference LoftQ that PEFT computes and bitsandbytes' QLoRA (absmax scales). The output formats are
+    /// the same either way. Ignored by a custom <see cref="Policy"/>, whose quantizers carry their own setting.
     /// </summary>
-    public BlockScaleSearch? ScaleSearch { get; init; }
+    public BlockScaleSearch? ScaleSearch { get; init; } = BlockScaleSearch.Default;
 
     /// <summary>
     /// What each target minimises: <see cref="LoftQObjective.Weight"/> (the paper's ‖W − Q − B·A‖, the default) or an

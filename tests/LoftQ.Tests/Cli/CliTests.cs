@@ -29,18 +29,21 @@ public sealed class CliTests
     }
 
     [Fact]
-    public void ScaleSearch_lowers_the_error_and_is_recorded_in_the_report()
+    public void ScaleSearch_is_the_default_lowers_the_error_and_is_recorded_in_the_report()
     {
         using var dir = new TempDirectory();
         string[] common = ["--bits", "2", "--rank", "4", "--iters", "1", "--targets", "k_proj", "--json"];
-        (int code0, string plain, string err0) = Run(["quantize", TestData.Model, "--out", dir.Combine("a"), .. common]);
-        (int code1, string searched, string err1) = Run(["quantize", TestData.Model, "--out", dir.Combine("b"), "--scale-search", .. common]);
+        (int code0, string plain, string err0) = Run(["quantize", TestData.Model, "--out", dir.Combine("a"), "--scale-search", "false", .. common]);
+        (int code1, string searched, string err1) = Run(["quantize", TestData.Model, "--out", dir.Combine("b"), .. common]);
+        (int code2, string flagged, string err2) = Run(["quantize", TestData.Model, "--out", dir.Combine("c"), "--scale-search", .. common]);
         Assert.True(code0 == 0, err0);
         Assert.True(code1 == 0, err1);
-        JsonNode a = JsonNode.Parse(plain)!, b = JsonNode.Parse(searched)!;
+        Assert.True(code2 == 0, err2);
+        JsonNode a = JsonNode.Parse(plain)!, b = JsonNode.Parse(searched)!, c = JsonNode.Parse(flagged)!;
         Assert.Null(a["settings"]!["scale_search"]);
         Assert.Equal("clip grid 1..0.5 in 20 steps", b["settings"]!["scale_search"]!.GetValue<string>());
         Assert.True(b["mean_loftq_error"]!.GetValue<double>() < 0.9 * a["mean_loftq_error"]!.GetValue<double>());
+        Assert.Equal(b["mean_loftq_error"]!.GetValue<double>(), c["mean_loftq_error"]!.GetValue<double>());
     }
 
     [Fact]

@@ -144,7 +144,7 @@ public sealed class ApiWordingTests
         Assert.Equal(new LoftQSettings
         {
             Bits = 2, Quantizer = "nf", Policy = "all tensors: nf2", Rank = 4, Iterations = 1, BlockSize = 64, Solver = "randomized",
-            Alpha = 8, Seed = 0, Format = "peft", DoubleQuant = false, Threads = back.Settings.Threads,
+            Alpha = 8, Seed = 0, Format = "peft", DoubleQuant = false, Threads = back.Settings.Threads, ScaleSearch = "clip grid 1..0.5 in 20 steps",
         }, back.Settings);
     }
 

@@ -10,7 +10,7 @@ public sealed class EvaluationTests(FixtureRuns runs) : IClassFixture<FixtureRun
     {
         byte[] text = File.ReadAllBytes(TestData.FortunesVal);
         (string loftq, _) = runs.Nf2;
-        (string qlora, _) = runs.Get("qlora-nf2", new LoftQOptions { Bits = 2, Rank = 16, Iterations = 0 });
+        (string qlora, _) = runs.Get("qlora-nf2", new LoftQOptions { Bits = 2, Rank = 16, Iterations = 0, ScaleSearch = null });
         EvaluationResult full = Evaluation.BitsPerByte(TestData.Model, text, windows: 16);
         EvaluationResult withLoftQ = Evaluation.BitsPerByte(loftq, text, windows: 16);
         EvaluationResult withQLoRA = Evaluation.BitsPerByte(qlora, text, windows: 16);

@@ -25,9 +25,11 @@ public sealed class FixtureRuns : IDisposable
         }
     }
 
-    public (string Output, LoftQReport Report) Nf2 => Get("nf2", new LoftQOptions { Bits = 2, Rank = 16, Iterations = 5 });
+    /// <summary>Reference LoftQ (absmax block scales, as PEFT computes it) at NF2.</summary>
+    public (string Output, LoftQReport Report) Nf2 => Get("nf2", new LoftQOptions { Bits = 2, Rank = 16, Iterations = 5, ScaleSearch = null });
 
-    public (string Output, LoftQReport Report) Nf4 => Get("nf4", new LoftQOptions { Bits = 4, Rank = 16, Iterations = 5 });
+    /// <summary>Reference LoftQ at NF4.</summary>
+    public (string Output, LoftQReport Report) Nf4 => Get("nf4", new LoftQOptions { Bits = 4, Rank = 16, Iterations = 5, ScaleSearch = null });
 
     public void Dispose() => _dir.Dispose();
 }

@@ -66,14 +66,14 @@ public sealed class OverflowTests
             name.Contains("q_proj", StringComparison.Ordinal) ? 65504f * Spread(i) : 0.01f);
         string output = dir.Combine("out");
         OverflowException e = Assert.Throws<OverflowException>(() =>
-            LoftQ.Initialize(model, output, new LoftQOptions { Bits = 4, Rank = 16, Iterations = 5, Targets = ["q_proj"] }));
+            LoftQ.Initialize(model, output, new LoftQOptions { Bits = 4, Rank = 16, Iterations = 5, Targets = ["q_proj"], ScaleSearch = null }));
         Assert.Contains("q_proj.weight", e.Message, StringComparison.Ordinal);
         Assert.Contains("does not fit F16", e.Message, StringComparison.Ordinal);
         Assert.Contains("LoftQOptions.Iterations = 1", e.Message, StringComparison.Ordinal);
         Assert.Equal(["M"], Directory.EnumerateFileSystemEntries(dir.Path).Select(Path.GetFileName));
 
         // With one pass Q = q(W), whose values never exceed the weight's own absmax: the same model then works.
-        LoftQReport report = LoftQ.Initialize(model, output, new LoftQOptions { Bits = 4, Rank = 16, Iterations = 1, Targets = ["q_proj"] });
+        LoftQReport report = LoftQ.Initialize(model, output, new LoftQOptions { Bits = 4, Rank = 16, Iterations = 1, Targets = ["q_proj"], ScaleSearch = null });
         using HuggingFaceCheckpoint written = HuggingFaceCheckpoint.Open(output);
         foreach (LayerReport layer in report.Layers)
         {
@@ -88,7 +88,7 @@ public sealed class OverflowTests
         string model = SyntheticLlama.Write(dir.Combine("M"), dtype: SafeTensorDType.F16, value: (name, i) =>
             name.Contains("q_proj", StringComparison.Ordinal) ? 65504f * Spread(i) : 0.01f);
         OverflowException e = Assert.Throws<OverflowException>(() => LoftQ.Initialize(model, dir.Combine("out"),
-            new LoftQOptions { Bits = 4, Rank = 16, Iterations = 5, Targets = ["q_proj"], Format = OutputFormat.BitsAndBytesNf4 }));
+            new LoftQOptions { Bits = 4, Rank = 16, Iterations = 5, Targets = ["q_proj"], Format = OutputFormat.BitsAndBytesNf4, ScaleSearch = null }));
         Assert.Contains("q_proj.weight", e.Message, StringComparison.Ordinal);
         Assert.Contains("float16", e.Message, StringComparison.Ordinal);
         Assert.Equal(["M"], Directory.EnumerateFileSystemEntries(dir.Path).Select(Path.GetFileName));

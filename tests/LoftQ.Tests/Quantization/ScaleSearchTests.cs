@@ -139,7 +139,7 @@ public sealed class ScaleSearchTests
     public void LoftQWithSearchedScalesHasALowerErrorAndTheReportSaysSo()
     {
         using Matrix w = Matrix.RandomNormal(96, 128, seed: 11);
-        var plain = new LoftQPlan(new LoftQOptions { Bits = 2, Rank = 4, Iterations = 2 }, 1);
+        var plain = new LoftQPlan(new LoftQOptions { Bits = 2, Rank = 4, Iterations = 2, ScaleSearch = null }, 1);
         var searched = new LoftQPlan(new LoftQOptions { Bits = 2, Rank = 4, Iterations = 2, ScaleSearch = BlockScaleSearch.Default }, 1);
         using LoftQLayerResult r0 = plain.InitializeLayer("model.layers.0.mlp.up_proj.weight", w);
         double e0 = r0.Report.RelativeError;
