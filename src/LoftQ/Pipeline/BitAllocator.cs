@@ -40,27 +40,50 @@ internal static class BitAllocator
         IQuantizer[] quantizers = [.. candidates.Select(b => QuantizerFactory.CreateQuantizer(options.Quantizer, b, options.BlockSize, options.ScaleSearch))];
         var sizes = new long[targets.Count];
         var errors = new double[targets.Count][];
+        var index = new Dictionary<string, int>(StringComparer.Ordinal);
         for (int i = 0; i < targets.Count; i++)
         {
-            cancellationToken.ThrowIfCancellationRequested();
-            string name = targets[i];
-            float[] stored = checkpoint.ReadAsSingle(name);
-            TensorShape shape = checkpoint.GetInfo(name).Shape;
-            using Matrix raw = Matrix.FromSpan(shape[0], shape[1], stored);
-            using Matrix? transposed = fanInFanOut ? raw.Transpose() : null;
-            Matrix w = transposed ?? raw;
-            sizes[i] = (long)w.Rows * w.Columns;
-            errors[i] = new double[candidates.Length];
-            for (int c = 0; c < candidates.Length; c++)
+            index[targets[i]] = i;
+        }
+
+        // Shard by shard, like the pipeline: small targets are probed several at a time (each single-threaded).
+        foreach (string shard in checkpoint.ShardFiles)
+        {
+            SafeTensorsFile file = checkpoint.OpenShard(shard);
+            List<SafeTensorInfo> inShard = [.. file.Tensors.Where(t => index.ContainsKey(t.Name))];
+            long largest = inShard.Count == 0 ? 0 : inShard.Max(t => t.ElementCount);
+            int threads = largest <= CheckpointPipeline.LayerParallelMaxElements ? ComputeSettings.ThreadsFor(inShard.Count, 1) : 1;
+            try
             {
-                try
+                ComputeSettings.ParallelFor(inShard.Count, threads, k =>
                 {
-                    errors[i][c] = ProbeError(probe, name, w, quantizers[c]);
-                }
-                catch (ArgumentException e)
-                {
-                    throw new ArgumentException($"Tensor '{name}' of '{checkpoint.Directory}': {e.Message}", e);
-                }
+                    cancellationToken.ThrowIfCancellationRequested();
+                    SafeTensorInfo info = inShard[k];
+                    int i = index[info.Name];
+                    using Matrix raw = Matrix.FromSpan(info.Shape[0], info.Shape[1], file.ReadAsSingle(info.Name));
+                    using Matrix? transposed = fanInFanOut ? raw.Transpose() : null;
+                    Matrix w = transposed ?? raw;
+                    sizes[i] = (long)w.Rows * w.Columns;
+                    var e = new double[candidates.Length];
+                    for (int c = 0; c < candidates.Length; c++)
+                    {
+                        try
+                        {
+                            e[c] = ProbeError(probe, info.Name, w, quantizers[c]);
+                        }
+                        catch (ArgumentException ex)
+                        {
+                            throw new ArgumentException($"Tensor '{info.Name}' of '{checkpoint.Directory}': {ex.Message}", ex);
+                        }
+                    }
+
+                    errors[i] = e;
+                });
+            }
+            catch (AggregateException e)
+            {
+                System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(e.Flatten().InnerExceptions[0]).Throw();
+                throw;
             }
         }
 

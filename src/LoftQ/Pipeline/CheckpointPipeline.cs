@@ -19,7 +19,7 @@ namespace LoftQNet.Pipeline;
 internal static class CheckpointPipeline
 {
     /// <summary>Targets at most this large run several at a time, each single-threaded.</summary>
-    private const long LayerParallelMaxElements = 4L << 20;
+    internal const long LayerParallelMaxElements = 4L << 20;
 
     /// <summary>
     /// Checks the options and the model, takes the output name (staging), writes every shard (<see cref="WriteShard"/>),

@@ -116,6 +116,17 @@ public sealed class BitBudgetTests
     }
 
     [Fact]
+    public void TheAllocationDoesNotDependOnTheThreadCount()
+    {
+        using var dir = new TempDirectory();
+        var options = new LoftQOptions { BitBudget = 3, Rank = 4, Iterations = 1, Targets = ["k_proj", "o_proj", "up_proj"] };
+        LoftQReport one = LoftQ.Initialize(TestData.Model, dir.Combine("one"), options with { Threads = 1 });
+        LoftQReport two = LoftQ.Initialize(TestData.Model, dir.Combine("two"), options with { Threads = 2 });
+        Assert.Equal(one.Settings.Policy, two.Settings.Policy);
+        Assert.Equal(one.Layers.Select(l => (l.Name, l.Bits, l.RelativeError)), two.Layers.Select(l => (l.Name, l.Bits, l.RelativeError)));
+    }
+
+    [Fact]
     public void InvalidBudgetsAreRefusedBeforeAnythingIsWritten()
     {
         using var dir = new TempDirectory();
