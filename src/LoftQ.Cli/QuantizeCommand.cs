@@ -132,11 +132,6 @@ internal static class QuantizeCommand
             throw new FileNotFoundException($"--calibration: '{text}' does not exist or is not a file.", text);
         }
 
-        if (!File.Exists(Path.Combine(model, "config.json")))
-        {
-            return null; // the run reports the missing model with its own message
-        }
-
         byte[] bytes = File.ReadAllBytes(text);
         bool diagonal = objective == LoftQObjective.ActivationDiagonal;
         if (cache is not null && File.Exists(cache))

@@ -192,6 +192,17 @@ public sealed class CliTests
     }
 
     [Fact]
+    public void Calibration_of_a_missing_model_names_the_model_directory()
+    {
+        using var dir = new TempDirectory();
+        string missing = dir.Combine("no-such-model");
+        (int code, _, string stderr) = Run("quantize", missing, "--out", dir.Combine("o"), "--objective", "activation-diag", "--calibration", TestData.FortunesVal);
+        Assert.Equal(2, code);
+        Assert.Contains("no-such-model", stderr, StringComparison.Ordinal);
+        Assert.False(Directory.Exists(dir.Combine("o")));
+    }
+
+    [Fact]
     public void BitBudget_spends_the_budget_and_prints_the_allocation()
     {
         using var dir = new TempDirectory();
