@@ -14,7 +14,8 @@ namespace LoftQNet.Optimization;
 /// The optimizer holds no mutable state: one instance may run on several matrices from several threads at once
 /// (provided the quantizer and solver are thread-safe, as the built-in ones are). A warm-starting solver
 /// (<see cref="IWarmStartLowRankSolver"/>) is given the previous pass's factors. Besides W and the result the run
-/// uses two full-size buffers (the dequantized Q and the working residual).
+/// uses two full-size buffers (the dequantized Q and the working residual), and a third, (W − Q)·R, with a
+/// non-isotropic <see cref="Weighting"/>.
 /// </remarks>
 public sealed class AlternatingOptimizer
 {
