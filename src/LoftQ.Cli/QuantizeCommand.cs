@@ -341,7 +341,7 @@ internal static class QuantizeCommand
         }
     }
 
-    private static string ShortName(string name) => name.EndsWith(".weight", StringComparison.Ordinal) ? name[..^7] : name;
+    private static string ShortName(string name) => LoftQNet.IO.TargetSelector.ModulePathOf(name);
 
     private sealed class QueueProgress(BlockingCollection<LoftQProgress> queue) : IProgress<LoftQProgress>
     {

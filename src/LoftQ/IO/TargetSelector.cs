@@ -18,6 +18,10 @@ namespace LoftQNet.IO;
 /// </remarks>
 internal static class TargetSelector
 {
+    /// <summary>The module path of a weight tensor's name (<c>model.layers.0.mlp.up_proj.weight</c> → <c>model.layers.0.mlp.up_proj</c>); other names unchanged.</summary>
+    internal static string ModulePathOf(string tensorName) =>
+        tensorName.EndsWith(".weight", StringComparison.Ordinal) ? tensorName[..^".weight".Length] : tensorName;
+
     /// <summary>
     /// The names of the weight tensors selected by <paramref name="targets"/> (default:
     /// <see cref="ModelConfig.DefaultTargetModules"/>), in checkpoint order.
@@ -32,7 +36,7 @@ internal static class TargetSelector
         {
             if (name.EndsWith(".weight", StringComparison.Ordinal) && checkpoint.GetInfo(name).Rank == 2)
             {
-                candidates.Add((name, name[..^".weight".Length]));
+                candidates.Add((name, ModulePathOf(name)));
             }
         }
 

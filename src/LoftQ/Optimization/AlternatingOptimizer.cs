@@ -144,13 +144,13 @@ public sealed class AlternatingOptimizer
                 qloraError = Errors(w, dequantized.Span, weightNorm, work.Span, z, objectiveNorm, out qloraWeighted);
                 w.CopyTo(work.Span);
                 previous = Solve(transform ? z! : work, rank, null, m, n);
-                using Matrix a0 = transform ? previous.A.Clone() : Matrix.FromSpan(rank, n, previous.A.Span);
-                if (transform)
+                using Matrix? mapped = transform ? previous.A.Clone() : null; // A = A′·R⁻¹; previous keeps A′ for the warm start
+                if (mapped is not null)
                 {
-                    weighting!.SolveFactor(a0.Span, rank);
+                    weighting!.SolveFactor(mapped.Span, rank);
                 }
 
-                Gemm.Multiply(Transpose.No, Transpose.No, m, n, rank, -1f, previous.B.Span, rank, a0.Span, n, 1f, work.Span, n);
+                Gemm.Multiply(Transpose.No, Transpose.No, m, n, rank, -1f, previous.B.Span, rank, (mapped ?? previous.A).Span, n, 1f, work.Span, n);
             }
 
             for (int t = 1; t <= iterations; t++)

@@ -38,6 +38,9 @@ public sealed class InputWeighting
     /// <summary>The default damping λ (1% of the mean input second moment).</summary>
     public const double DefaultDamping = 0.01;
 
+    /// <summary>√ColumnWeights: R when it is diagonal (null for the full factor).</summary>
+    private readonly float[]? _diagonalFactor;
+
     private InputWeighting(int features, bool diagonal, bool isotropic, double damping, double effectiveDamping, float[] columnWeights, float[]? lower, float[]? upper)
     {
         Features = features;
@@ -46,6 +49,11 @@ public sealed class InputWeighting
         Damping = damping;
         EffectiveDamping = effectiveDamping;
         ColumnWeights = columnWeights;
+        if (lower is null)
+        {
+            _diagonalFactor = new float[features];
+            TensorPrimitives.Sqrt(columnWeights, _diagonalFactor);
+        }
         Lower = lower;
         Upper = upper;
     }
@@ -248,11 +256,9 @@ public sealed class InputWeighting
             return;
         }
 
-        Span<float> sqrt = n <= 4096 ? stackalloc float[n] : new float[n];
-        TensorPrimitives.Sqrt(ColumnWeights, sqrt);
         for (int i = 0; i < rows; i++)
         {
-            TensorPrimitives.Multiply(x.Slice(i * n, n), sqrt, z.Slice(i * n, n));
+            TensorPrimitives.Multiply(x.Slice(i * n, n), _diagonalFactor, z.Slice(i * n, n));
         }
     }
 
@@ -262,11 +268,9 @@ public sealed class InputWeighting
         int n = Features;
         if (Upper is null)
         {
-            Span<float> sqrt = n <= 4096 ? stackalloc float[n] : new float[n];
-            TensorPrimitives.Sqrt(ColumnWeights, sqrt);
             for (int i = 0; i < rows; i++)
             {
-                TensorPrimitives.Divide(a.Slice(i * n, n), sqrt, a.Slice(i * n, n));
+                TensorPrimitives.Divide(a.Slice(i * n, n), _diagonalFactor, a.Slice(i * n, n));
             }
 
             return;

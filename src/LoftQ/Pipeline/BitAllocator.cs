@@ -1,5 +1,4 @@
 using System.Globalization;
-using System.Numerics.Tensors;
 using LoftQNet.IO;
 using LoftQNet.Numerics;
 using LoftQNet.Optimization;
@@ -51,40 +50,30 @@ internal static class BitAllocator
         {
             SafeTensorsFile file = checkpoint.OpenShard(shard);
             List<SafeTensorInfo> inShard = [.. file.Tensors.Where(t => index.ContainsKey(t.Name))];
-            long largest = inShard.Count == 0 ? 0 : inShard.Max(t => t.ElementCount);
-            int threads = largest <= CheckpointPipeline.LayerParallelMaxElements ? ComputeSettings.ThreadsFor(inShard.Count, 1) : 1;
-            try
+            CheckpointPipeline.ForEachTarget(inShard, k =>
             {
-                ComputeSettings.ParallelFor(inShard.Count, threads, k =>
+                cancellationToken.ThrowIfCancellationRequested();
+                SafeTensorInfo info = inShard[k];
+                int i = index[info.Name];
+                using Matrix raw = Matrix.FromSpan(info.Shape[0], info.Shape[1], file.ReadAsSingle(info.Name));
+                using Matrix? transposed = fanInFanOut ? raw.Transpose() : null;
+                Matrix w = transposed ?? raw;
+                sizes[i] = (long)w.Rows * w.Columns;
+                var e = new double[candidates.Length];
+                for (int c = 0; c < candidates.Length; c++)
                 {
-                    cancellationToken.ThrowIfCancellationRequested();
-                    SafeTensorInfo info = inShard[k];
-                    int i = index[info.Name];
-                    using Matrix raw = Matrix.FromSpan(info.Shape[0], info.Shape[1], file.ReadAsSingle(info.Name));
-                    using Matrix? transposed = fanInFanOut ? raw.Transpose() : null;
-                    Matrix w = transposed ?? raw;
-                    sizes[i] = (long)w.Rows * w.Columns;
-                    var e = new double[candidates.Length];
-                    for (int c = 0; c < candidates.Length; c++)
+                    try
                     {
-                        try
-                        {
-                            e[c] = ProbeError(probe, info.Name, w, quantizers[c]);
-                        }
-                        catch (ArgumentException ex)
-                        {
-                            throw new ArgumentException($"Tensor '{info.Name}' of '{checkpoint.Directory}': {ex.Message}", ex);
-                        }
+                        e[c] = ProbeError(probe, info.Name, w, quantizers[c]);
                     }
+                    catch (ArgumentException ex)
+                    {
+                        throw new ArgumentException($"Tensor '{info.Name}' of '{checkpoint.Directory}': {ex.Message}", ex);
+                    }
+                }
 
-                    errors[i] = e;
-                });
-            }
-            catch (AggregateException e)
-            {
-                System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(e.Flatten().InnerExceptions[0]).Throw();
-                throw;
-            }
+                errors[i] = e;
+            });
         }
 
         int[] choice = Solve(sizes, errors, candidates, budget, out bool exact);
@@ -111,23 +100,16 @@ internal static class BitAllocator
     private static double ProbeError(LoftQPlan plan, string name, Matrix w, IQuantizer quantizer)
     {
         using LoftQResult result = plan.Optimize(name, w, quantizer, Math.Min(ProbeIterations, plan.Options.Iterations), out InputWeighting? weighting);
-        using var e = Matrix.Uninitialized(w.Rows, w.Columns);
-        result.Quantized.Dequantize(e.Span);
-        TensorPrimitives.Subtract(w.Span, e.Span, e.Span);
-        Gemm.Multiply(Transpose.No, Transpose.No, w.Rows, w.Columns, result.A.Rows, -1f, result.B.Span, result.A.Rows, result.A.Span, w.Columns, 1f, e.Span, w.Columns);
-        if (weighting is null)
+        if (weighting is not null)
         {
-            return MatrixKernels.SumOfSquares(e.Span);
+            // WeightedError is ‖E·R‖/‖W·R‖ of the kept pass.
+            return result.WeightedError * result.WeightedError * plan.Options.Calibration!.Sensitivity(TargetSelector.ModulePathOf(name));
         }
 
-        string module = name.EndsWith(".weight", StringComparison.Ordinal) ? name[..^7] : name;
-        double sensitivity = plan.Options.Calibration!.Sensitivity(module);
-        using var z = Matrix.Uninitialized(w.Rows, w.Columns);
-        weighting.ApplyFactor(e.Span, w.Rows, z.Span);
-        double error = MatrixKernels.SumOfSquares(z.Span);
-        weighting.ApplyFactor(w.Span, w.Rows, z.Span);
-        double output = MatrixKernels.SumOfSquares(z.Span);
-        return output > 0 ? error / output * sensitivity : 0;
+        // RelativeError is ‖E‖/‖W‖ (‖E‖ itself when W = 0).
+        double norm = MatrixKernels.SumOfSquares(w.Span);
+        double squared = result.RelativeError * result.RelativeError;
+        return norm > 0 ? squared * norm : squared;
     }
 
     /// <summary>

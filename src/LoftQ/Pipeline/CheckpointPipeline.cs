@@ -19,7 +19,7 @@ namespace LoftQNet.Pipeline;
 internal static class CheckpointPipeline
 {
     /// <summary>Targets at most this large run several at a time, each single-threaded.</summary>
-    internal const long LayerParallelMaxElements = 4L << 20;
+    private const long LayerParallelMaxElements = 4L << 20;
 
     /// <summary>
     /// Checks the options and the model, takes the output name (staging), writes every shard (<see cref="WriteShard"/>),
@@ -240,59 +240,68 @@ internal static class CheckpointPipeline
         bool fanInFanOut, BackboneSpill spill, Action<SpilledTarget> completed, CancellationToken cancellationToken)
     {
         var outputs = new ConcurrentDictionary<string, SpilledTarget>(StringComparer.Ordinal);
+        ForEachTarget(targets, i =>
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+            TargetOutput output;
+            try
+            {
+                output = ProcessTarget(file, targets[i], plan, fanInFanOut, spill);
+            }
+            catch (ArgumentException e)
+            {
+                // E.g. a NaN weight: say which tensor of which file, not only which element.
+                throw new ArgumentException($"Tensor '{targets[i].Name}' in '{file.Path}': {ExplainHugeWeight(file, targets[i])}{e.Message}", e);
+            }
+            catch (OverflowException e)
+            {
+                throw new OverflowException(
+                    $"{e.Message} The input '{file.Path}' stores this weight as {targets[i].DType.ToHeaderString()}; LoftQ's Q quantizes W - B·A, " +
+                    "whose range can exceed W's own. With LoftQOptions.Iterations = 1 (Q = q(W)) it cannot; or convert the checkpoint to a wider dtype.", e);
+            }
+            catch (NotFiniteNumberException e)
+            {
+                throw new NotFiniteNumberException($"{ExplainHugeWeight(file, targets[i])}{e.Message} (input '{file.Path}')", e.OffendingNumber, e);
+            }
+
+            if (output.BackboneEntries.Count > 0)
+            {
+                spill.Add(targets[i].Name, output.BackboneEntries);
+            }
+
+            if (targets[i].ElementCount > Matrix.PoolLimit)
+            {
+                // A weight-sized target leaves megabytes of short-lived large-object garbage (codes, scales, the
+                // best pass's Q); collecting it now keeps peak memory flat instead of letting it pile up for
+                // hundreds of megabytes until the GC's own budget runs out. Costs milliseconds per target.
+                GC.Collect();
+            }
+
+            var spilled = new SpilledTarget(output.Adapter, output.Report);
+            outputs[targets[i].Name] = spilled;
+            completed(spilled);
+        });
+        return new Dictionary<string, SpilledTarget>(outputs, StringComparer.Ordinal);
+    }
+
+    /// <summary>
+    /// Runs <paramref name="body"/> for every target of one shard: several at a time (each single-threaded) when they
+    /// are all small, one at a time (with multi-threaded kernels) otherwise. The first real failure (a bad tensor, a
+    /// cancellation) is rethrown rather than the AggregateException around it.
+    /// </summary>
+    internal static void ForEachTarget(IReadOnlyList<SafeTensorInfo> targets, Action<int> body)
+    {
         long largest = targets.Count == 0 ? 0 : targets.Max(t => t.ElementCount);
         int threads = largest <= LayerParallelMaxElements ? ComputeSettings.ThreadsFor(targets.Count, 1) : 1;
         try
         {
-            ComputeSettings.ParallelFor(targets.Count, threads, i =>
-            {
-                cancellationToken.ThrowIfCancellationRequested();
-                TargetOutput output;
-                try
-                {
-                    output = ProcessTarget(file, targets[i], plan, fanInFanOut, spill);
-                }
-                catch (ArgumentException e)
-                {
-                    // E.g. a NaN weight: say which tensor of which file, not only which element.
-                    throw new ArgumentException($"Tensor '{targets[i].Name}' in '{file.Path}': {ExplainHugeWeight(file, targets[i])}{e.Message}", e);
-                }
-                catch (OverflowException e)
-                {
-                    throw new OverflowException(
-                        $"{e.Message} The input '{file.Path}' stores this weight as {targets[i].DType.ToHeaderString()}; LoftQ's Q quantizes W - B·A, " +
-                        "whose range can exceed W's own. With LoftQOptions.Iterations = 1 (Q = q(W)) it cannot; or convert the checkpoint to a wider dtype.", e);
-                }
-                catch (NotFiniteNumberException e)
-                {
-                    throw new NotFiniteNumberException($"{ExplainHugeWeight(file, targets[i])}{e.Message} (input '{file.Path}')", e.OffendingNumber, e);
-                }
-
-                if (output.BackboneEntries.Count > 0)
-                {
-                    spill.Add(targets[i].Name, output.BackboneEntries);
-                }
-
-                if (targets[i].ElementCount > Matrix.PoolLimit)
-                {
-                    // A weight-sized target leaves megabytes of short-lived large-object garbage (codes, scales, the
-                    // best pass's Q); collecting it now keeps peak memory flat instead of letting it pile up for
-                    // hundreds of megabytes until the GC's own budget runs out. Costs milliseconds per target.
-                    GC.Collect();
-                }
-
-                var spilled = new SpilledTarget(output.Adapter, output.Report);
-                outputs[targets[i].Name] = spilled;
-                completed(spilled);
-            });
+            ComputeSettings.ParallelFor(targets.Count, threads, body);
         }
         catch (AggregateException e)
         {
-            // Surface the first real failure (a bad tensor, a cancellation) rather than the wrapper.
             System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(e.Flatten().InnerExceptions[0]).Throw();
             throw;
         }
-        return new Dictionary<string, SpilledTarget>(outputs, StringComparer.Ordinal);
     }
 
     /// <summary>
@@ -351,8 +360,7 @@ internal static class CheckpointPipeline
             spill.AddSingle(info.Name, info.Shape, info.DType, (backTransposed ?? q).Span); // converted chunk by chunk, no tensor-sized copy
         }
 
-        string modulePath = info.Name.EndsWith(".weight", StringComparison.Ordinal) ? info.Name[..^".weight".Length] : info.Name;
-        return new TargetOutput(entries, new LoraTensors(modulePath, result.A.Clone(), layer.AdapterB.Clone()), layer.Report);
+        return new TargetOutput(entries, new LoraTensors(TargetSelector.ModulePathOf(info.Name), result.A.Clone(), layer.AdapterB.Clone()), layer.Report);
     }
 
     private static string TorchDTypeName(SafeTensorDType dtype) => dtype switch

@@ -84,7 +84,7 @@ public static class Evaluation
         {
             float[] w = checkpoint.ReadDequantized(name); // bitsandbytes NF4 outputs (--format bnb-nf4) are dequantized
             CheckFinite(w, $"Tensor '{name}' of '{modelDirectory}'");
-            string module = name.EndsWith(".weight", StringComparison.Ordinal) ? name[..^7] : name;
+            string module = TargetSelector.ModulePathOf(name);
             if (deltas.TryGetValue(module, out var d))
             {
                 int outF = d.B.Length / d.Rank, inF = d.A.Length / d.Rank;

@@ -173,7 +173,7 @@ public sealed class LoftQPlan
             return null;
         }
 
-        string module = tensorName.EndsWith(".weight", StringComparison.Ordinal) ? tensorName[..^7] : tensorName;
+        string module = TargetSelector.ModulePathOf(tensorName);
         CalibrationStatistics calibration = Options.Calibration!;
         if (!calibration.Contains(module))
         {
