@@ -143,7 +143,7 @@ internal static class QuantizeCommand
                 return cached;
             }
 
-            stderr.WriteLine($"calibration: {cache} is for another model, text or window count; collecting again");
+            stderr.WriteLine($"calibration: {cache} is for another model, text or window count, or lacks the sensitivities a bit budget needs; collecting again");
         }
 
         using LoftQNet.Numerics.ComputeSettings.ThreadScope scope = threads is int t ? LoftQNet.Numerics.ComputeSettings.UseThreads(t) : default;

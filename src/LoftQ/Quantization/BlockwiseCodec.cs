@@ -208,11 +208,16 @@ internal sealed class BlockwiseCodec
         {
             Span<float> scratch = buffer[..len];
             scoped ReadOnlySpan<float> weights = default;
-            if (columnWeights is not null)
+            int columns = columnWeights?.Length ?? 0;
+            int first = columnWeights is null ? 0 : (int)(start % columns);
+            if (columnWeights is not null && first + len <= columns)
+            {
+                weights = columnWeights.AsSpan(first, len); // the block lies within one row
+            }
+            else if (columnWeights is not null)
             {
                 Span<float> w = buffer.Slice(len, len);
-                int columns = columnWeights.Length;
-                int column = (int)(start % columns);
+                int column = first;
                 for (int i = 0; i < len;)
                 {
                     int run = Math.Min(len - i, columns - column);
