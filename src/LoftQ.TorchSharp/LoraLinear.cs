@@ -18,7 +18,8 @@ namespace LoftQNet.TorchSharp;
 /// <c>lora_A.weight</c> [r, in], <c>lora_B.weight</c> [out, r], <c>lora_dropout</c>. A model's key
 /// <c>&lt;path&gt;.lora_A.weight</c> is PEFT's adapter key <c>base_model.model.&lt;path&gt;.lora_A.weight</c>.</para>
 /// <para>Only lora_A and lora_B require gradients. The base never keeps a dense weight between forward and
-/// backward. <c>.to(dtype)</c> converts the LoRA factors (the packed base keeps its dtypes; compute follows the
+/// backward. Forward and backward run as one fused autograd node per layer when the dtypes agree (see
+/// <see cref="Lora"/>). <c>.to(dtype)</c> converts the LoRA factors (the packed base keeps its dtypes; compute follows the
 /// input); <c>.to(device)</c> moves everything.</para>
 /// </remarks>
 public sealed class LoraLinear : Module<Tensor, Tensor>
@@ -173,21 +174,18 @@ public sealed class LoraLinear : Module<Tensor, Tensor>
     /// <inheritdoc/>
     public override Tensor forward(Tensor input)
     {
+        ArgumentNullException.ThrowIfNull(input);
+        Lora.CheckInput(input, InFeatures);
+
         using var scope = NewDisposeScope();
-        Tensor y = base_layer.forward(input);
-        Tensor x = lora_dropout.forward(input);
-        if (x.dtype != A.dtype)
+        Tensor? dropped = Dropout > 0 && training ? lora_dropout.forward(input) : null;
+        Lora.LoraBase baseWeight = base_layer switch
         {
-            x = x.to(A.dtype);
-        }
-
-        Tensor delta = lora_B.forward(lora_A.forward(x)).mul(Scaling);
-        if (delta.dtype != y.dtype)
-        {
-            delta = delta.to(y.dtype);
-        }
-
-        return y.add(delta).MoveToOuterDisposeScope();
+            QuantizedLinear q => new Lora.LoraBase(q.Weight, null, q.Bias),
+            Linear l => new Lora.LoraBase(null, l.weight!, l.bias),
+            _ => throw new InvalidOperationException($"Unexpected LoRA base layer {base_layer.GetType().Name}."),
+        };
+        return Lora.Forward(input, dropped, baseWeight, A, B, Scaling).MoveToOuterDisposeScope();
     }
 
     /// <summary>The dense merged weight deq(Q) + (alpha/r)·B·A [out, in] in <paramref name="dtype"/> (the caller owns it).</summary>
