@@ -1,5 +1,6 @@
 using System.Globalization;
 using System.Runtime;
+using System.Runtime.InteropServices;
 using System.Text.Json;
 using LoftQNet.Pipeline;
 using LoftQNet.TorchSharp;
@@ -11,15 +12,17 @@ using static TorchSharp.torch;
 namespace LoftQNet.Benchmarks;
 
 /// <summary>
-/// <c>-- finetune-speed &lt;lora|nf4|nf2&gt; [steps] [threads] [model] [train.txt]</c>: the fine-tuning protocol's step
+/// <c>-- finetune-speed &lt;lora|nf4|nf2&gt; [steps] [threads] [model] [train.txt] [trim] [no-collect]</c>: the fine-tuning protocol's step
 /// (batch 8 × 128 bytes, AdamW over the LoRA factors, r = 16) for LoRA over the dense float32 base or over the packed
-/// NF4/NF2 base. Prints one JSON line: the median seconds per step (the first two steps excluded), tokens/s, and the
-/// peak RSS during training (VmHWM after resetting it once the model is ready), so each configuration runs in its own
-/// process (benchmarks/finetune/run.sh).
+/// NF4/NF2 base; <c>trim</c> sets <see cref="LoraTrainingOptions.TrimNativeMemory"/> and <c>no-collect</c> clears
+/// <see cref="LoraTrainingOptions.CollectGarbageEachStep"/>. Prints one JSON line: the median
+/// seconds per step (the first two steps excluded), tokens/s, the peak RSS during training (VmHWM after resetting it
+/// once the model is ready), and the resident set and glibc's heap size after each step, so each configuration runs in
+/// its own process (benchmarks/finetune/run.sh).
 /// </summary>
 internal static class FineTuneSpeedRunner
 {
-    public static int Run(string config, int steps, int threads, string model, string trainPath)
+    public static int Run(string config, int steps, int threads, string model, string trainPath, bool trim, bool collect)
     {
         TorchRuntime.EnsureLoaded();
         torch.set_num_threads(threads);
@@ -45,7 +48,7 @@ internal static class FineTuneSpeedRunner
         long before = Status("VmRSS");
         File.WriteAllText("/proc/self/clear_refs", "5"); // resets VmHWM to the current RSS
         var train = ByteWindowDataset.FromFile(trainPath, 128);
-        var trainer = new LoraTrainer(llama, new LoraTrainingOptions { Steps = steps });
+        var trainer = new LoraTrainer(llama, new LoraTrainingOptions { Steps = steps, TrimNativeMemory = trim, CollectGarbageEachStep = collect });
         var stamps = new List<TimeSpan>();
         var progress = new Stamps(stamps);
         TrainingResult result = trainer.Train(train, evaluation: null, progress);
@@ -71,6 +74,10 @@ internal static class FineTuneSpeedRunner
             ["gc_pinned_objects_before"] = managed.PinnedObjectsCount,
             ["peak_rss_training_mb"] = Status("VmHWM") / 1024.0,
             ["rss_after_each_step_mb"] = progress.ResidentMb,
+            ["heap_after_each_step_mb"] = progress.HeapMb,
+            ["heap_in_use_after_mb"] = MallInfo2().Uordblks / 1048576.0,
+            ["trim_native_memory"] = trim,
+            ["collect_garbage_each_step"] = collect,
             ["gc_committed_after_mb"] = GC.GetGCMemoryInfo().TotalCommittedBytes / 1048576.0,
         }));
         return 0;
@@ -90,14 +97,28 @@ internal static class FineTuneSpeedRunner
         throw new InvalidOperationException($"/proc/self/status has no {key}.");
     }
 
+    /// <summary>glibc's <c>struct mallinfo2</c>.</summary>
+    [StructLayout(LayoutKind.Sequential)]
+    private struct MallInfo
+    {
+        public nuint Arena, Ordblks, Smblks, Hblks, Hblkhd, Usmblks, Fsmblks, Uordblks, Fordblks, Keepcost;
+    }
+
+    [DllImport("libc", EntryPoint = "mallinfo2")]
+    private static extern MallInfo MallInfo2();
+
     private sealed class Stamps(List<TimeSpan> stamps) : IProgress<TrainingProgress>
     {
         public List<long> ResidentMb { get; } = [];
+
+        /// <summary>glibc's heap size (free and in use, all arenas, without mmapped blocks) after each step.</summary>
+        public List<ulong> HeapMb { get; } = [];
 
         public void Report(TrainingProgress value)
         {
             stamps.Add(value.Elapsed);
             ResidentMb.Add(Status("VmRSS") / 1024);
+            HeapMb.Add(MallInfo2().Arena / 1048576);
         }
     }
 }

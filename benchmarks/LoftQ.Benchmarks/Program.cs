@@ -6,7 +6,7 @@ namespace LoftQNet.Benchmarks;
 /// Entry point: <c>dotnet run -c Release --project benchmarks/LoftQ.Benchmarks -- --filter '*'</c> runs the
 /// BenchmarkDotNet suites; <c>-- compare plan.json</c> is the LoftQ.NET side of benchmarks/compare/run.sh;
 /// <c>-- torch-layers [repeats] [model]</c> measures LoraLinear against a dense Linear and LoftQ.Initialize(model);
-/// <c>-- finetune-speed &lt;lora|nf4|nf2&gt; [steps] [threads]</c> is the LoftQ.NET side of benchmarks/finetune/run.sh.
+/// <c>-- finetune-speed &lt;lora|nf4|nf2&gt; [steps] [threads] [model] [train.txt] [trim] [no-collect]</c> is the LoftQ.NET side of benchmarks/finetune/run.sh.
 /// </summary>
 public static class Program
 {
@@ -31,7 +31,8 @@ public static class Program
             int threads = args.Length > 3 ? int.Parse(args[3], inv) : Environment.ProcessorCount;
             string model = args.Length > 4 ? args[4] : Path.Combine("tests", "data", "byte-llama-14m");
             string train = args.Length > 5 ? args[5] : Path.Combine("tests", "data", "fortunes-train.txt");
-            return FineTuneSpeedRunner.Run(config, steps, threads, model, train);
+            string[] flags = args.Length > 6 ? args[6..] : [];
+            return FineTuneSpeedRunner.Run(config, steps, threads, model, train, trim: flags.Contains("trim"), collect: !flags.Contains("no-collect"));
         }
 
         BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args);

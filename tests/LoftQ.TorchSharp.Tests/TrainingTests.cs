@@ -224,6 +224,49 @@ public sealed class TrainingTests : TorchTestBase
     }
 
     [Fact]
+    public void EachStepEndsWithTheFinalizersOfItsGarbageRun()
+    {
+        // TorchSharp frees some native objects only from finalizers; the trainer collects them between steps (see
+        // LoraTrainingOptions.CollectGarbageEachStep). Sentinels dropped while a step reads its batch must be finalized
+        // by the time the step is reported.
+        using LlamaForCausalLM model = TinyLoftQ();
+        var data = new SentinelDataset(new ByteWindowDataset(Text(4096), 16));
+        var seen = new List<(long Created, long Finalized)>();
+        long before = Interlocked.Read(ref Sentinel.Created);
+        new LoraTrainer(model, new LoraTrainingOptions { Steps = 3, BatchSize = 2 })
+            .Train(data, progress: new Callback(_ => seen.Add((Interlocked.Read(ref Sentinel.Created), Interlocked.Read(ref Sentinel.Finalized)))));
+        Assert.Equal(3, seen.Count);
+        Assert.All(seen, s => Assert.Equal(s.Created, s.Finalized));
+        Assert.Equal(before + 6, seen[^1].Created); // two windows a step
+    }
+
+    private sealed class Sentinel
+    {
+        public static long Created;
+        public static long Finalized;
+
+        public Sentinel() => Interlocked.Increment(ref Created);
+
+        ~Sentinel() => Interlocked.Increment(ref Finalized);
+    }
+
+    private sealed class SentinelDataset(ICausalLMDataset inner) : ICausalLMDataset
+    {
+        public long WindowCount => inner.WindowCount;
+
+        public int WindowLength => inner.WindowLength;
+
+        public void CopyWindow(long index, Span<long> destination)
+        {
+            Drop();
+            inner.CopyWindow(index, destination);
+        }
+
+        [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.NoInlining)]
+        private static void Drop() => GC.KeepAlive(new Sentinel());
+    }
+
+    [Fact]
     public void TheSavedAdapterLoadsIntoAFreshModelWithIdenticalLogits()
     {
         using var dir = new TempDir();
