@@ -13,9 +13,10 @@ namespace LoftQNet.TorchSharp;
 /// would stay alive until the whole backward pass ends (byte-llama-14m: ~230 MB by its shapes). They are disposed at
 /// this thread's next forward or backward call instead (<see cref="HandBack"/>);</item>
 /// <item>one <c>torch.empty_like(output)</c> per output, made when the node is built so that a missing output gradient
-/// can be materialised as zeros, and kept until the graph is freed: an output-sized allocation per layer per step
-/// that nothing reads when the function calls <c>set_materialize_grads(false)</c>, as ours do. It is disposed right
-/// after <c>apply</c> returns (<see cref="ReleaseOutputCache"/>).</item>
+/// can be materialised as zeros, and kept until the graph is freed (or the dispose scope around the call ends): an
+/// output-sized allocation per layer per step that nothing reads when the function calls
+/// <c>set_materialize_grads(false)</c>, as ours do. It is disposed right after <c>apply</c> returns
+/// (<see cref="ReleaseOutputCache"/>), before the rest of the layer allocates.</item>
 /// </list>
 /// </summary>
 internal static class FunctionMemory

@@ -107,18 +107,27 @@ internal static class TorchCodec
         }
 
         long n = w.ElementCount;
-        if (t_scratch is null || t_scratch.numel() < n)
+        ReserveScratch(n);
+        Tensor view = t_scratch!.narrow(0, 0, n).view(w.OutFeatures, w.InFeatures);
+        DequantizeCpu(w, view);
+        return view;
+    }
+
+    /// <summary>
+    /// Makes this thread's scratch buffer hold at least <paramref name="elements"/> floats now, so that a later
+    /// dequantization of that size allocates nothing (a trainer reserves it before its first step, away from that step's
+    /// activations).
+    /// </summary>
+    internal static void ReserveScratch(long elements)
+    {
+        if (t_scratch is null || t_scratch.numel() < elements)
         {
             t_scratch?.Dispose();
             t_scratch = null;
-            Tensor buffer = torch.empty(n, ScalarType.Float32);
+            Tensor buffer = torch.empty(elements, ScalarType.Float32);
             buffer.DetachFromDisposeScope();
             t_scratch = buffer;
         }
-
-        Tensor view = t_scratch.narrow(0, 0, n).view(w.OutFeatures, w.InFeatures);
-        DequantizeCpu(w, view);
-        return view;
     }
 
     /// <summary>Releases this thread's scratch buffer (the next transient dequantization allocates a new one).</summary>

@@ -240,6 +240,38 @@ public sealed class TrainingTests : TorchTestBase
         Assert.Equal(before + 6, seen[^1].Created); // two windows a step
     }
 
+    [Fact]
+    public void GradientsAndTheDequantizationBufferExistBeforeTheFirstStep()
+    {
+        // Allocated inside the first step they would sit between its activations for the whole run; the trainer makes
+        // them first. The dataset is read at the start of the first step, before its forward pass.
+        using LlamaForCausalLM model = TinyLoftQ();
+        long largest = LoraAdapters.Find(model).Max(l => l.Layer.OutFeatures * l.Layer.InFeatures);
+        TorchCodec.ReleaseScratch();
+        var seen = new List<(long Scratch, bool ZeroGradients)>();
+        var data = new ProbeDataset(new ByteWindowDataset(Text(4096), 16), () =>
+        {
+            using var scope = torch.NewDisposeScope();
+            bool zero = LoraAdapters.Find(model).All(l => l.Layer.A.grad is { } ga && l.Layer.B.grad is { } gb && ga.count_nonzero().item<long>() == 0 && gb.count_nonzero().item<long>() == 0);
+            seen.Add((TorchCodec.ScratchElements, zero));
+        });
+        new LoraTrainer(model, new LoraTrainingOptions { Steps = 1, BatchSize = 1 }).Train(data);
+        Assert.Equal((largest, true), seen[0]);
+    }
+
+    private sealed class ProbeDataset(ICausalLMDataset inner, Action probe) : ICausalLMDataset
+    {
+        public long WindowCount => inner.WindowCount;
+
+        public int WindowLength => inner.WindowLength;
+
+        public void CopyWindow(long index, Span<long> destination)
+        {
+            probe();
+            inner.CopyWindow(index, destination);
+        }
+    }
+
     private sealed class Sentinel
     {
         public static long Created;

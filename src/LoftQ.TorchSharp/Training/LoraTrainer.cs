@@ -276,6 +276,8 @@ public sealed class LoraTrainer
 
         TimeSpan Remaining(int step) => step == 0 ? TimeSpan.Zero : training.Elapsed / step * (o.Steps - step);
 
+        PrepareMemory(parameters);
+
         Evaluate(0);
         for (int step = 0; step < o.Steps; step++)
         {
@@ -406,6 +408,28 @@ public sealed class LoraTrainer
         }
 
         return nats / (windows * length) / Math.Log(2);
+    }
+
+    /// <summary>
+    /// Allocates, before the first step, what would otherwise be allocated during it and then live for the whole run
+    /// in the middle of that step's activations: the LoRA factors' gradients (zero, so the first backward adds into
+    /// them exactly as it would have stored them) and this thread's dequantization buffer for the largest packed base.
+    /// </summary>
+    private void PrepareMemory(List<Parameter> parameters)
+    {
+        long largest = LoraAdapters.Find(_model).Select(l => l.Layer.QuantizedBase is { } q ? q.OutFeatures * q.InFeatures : 0).DefaultIfEmpty(0).Max();
+        if (largest > 0 && parameters[0].device_type == DeviceType.CPU)
+        {
+            TorchCodec.ReserveScratch(largest);
+        }
+
+        List<Parameter> trainable = parameters.Where(p => p.requires_grad).ToList();
+        if (trainable.Count > 0)
+        {
+            using var scope = torch.NewDisposeScope();
+            Tensor total = trainable.Select(p => p.sum()).Aggregate((x, y) => x.add(y));
+            total.mul(0).backward();
+        }
     }
 
     private Tensor Loss(Tensor batch, int length, nn.Reduction reduction = nn.Reduction.Mean)
