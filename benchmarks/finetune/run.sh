@@ -6,6 +6,7 @@
 #
 #   benchmarks/finetune/run.sh              # 20 steps, 3 repeats, all cores
 #   STEPS=30 REPEATS=5 THREADS=1 benchmarks/finetune/run.sh
+#   MEMORY_STEPS=0 LONG_STEPS=0 benchmarks/finetune/run.sh   # speed only: skip the memory and long passes
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 steps=${STEPS:-20}
@@ -46,7 +47,22 @@ if ((memory_steps > 0)); then
   done
 fi
 
-$py - "$results" "$threads" "$steps" <<'PY'
+# Long pass: LONG_STEPS steps of each .NET configuration with the trainer's defaults and without its garbage
+# collection between steps (no-collect), to show the resident set over a longer run. LONG_STEPS=0 skips it.
+long_steps=${LONG_STEPS:-60}
+long_repeats=${LONG_REPEATS:-2}
+if ((long_steps > 0)); then
+  for ((r = 1; r <= long_repeats; r++)); do
+    for flag in "" no-collect; do
+      for config in lora nf4 nf2; do
+        $bench finetune-speed "$config" "$long_steps" "$threads" "$model" "$train" $flag | tail -1 \
+          | sed "s/\"impl\":\"LoftQ.NET /\"impl\":\"long${flag:+ $flag} LoftQ.NET /" | tee -a "$results"
+      done
+    done
+  done
+fi
+
+$py - "$results" "$threads" "$steps" "$long_steps" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
 by = {}
@@ -59,7 +75,7 @@ print(f"\n{sys.argv[3]} steps, {sys.argv[2]} threads, medians over {len(by[torch
 print("| run | s per step | tokens/s | vs .NET dense | vs PyTorch | peak RSS MB [range] |")
 print("|---|---:|---:|---:|---:|---:|")
 for impl, rs in by.items():
-    if impl.startswith("exact-allocation"):
+    if impl.startswith("exact-allocation") or impl.startswith("long"):
         continue
     s = [r["median_step_s"] for r in rs]
     m = statistics.median(s)
@@ -74,5 +90,15 @@ if exact:
         before = [r["rss_before_training_mb"] for r in rs]
         peak = [r["peak_rss_training_mb"] for r in rs]
         print(f"| {impl[len('exact-allocation '):]} | {min(before):.0f}-{max(before):.0f} | {min(peak):.0f}-{max(peak):.0f} |")
+longs = {k: v for k, v in by.items() if k.startswith("long")}
+if longs:
+    print(f"\nPeak RSS over {sys.argv[4]}-step runs (all runs listed), resident set after the last step:\n")
+    print("| run | peak RSS MB | RSS after the last step MB | s per step |")
+    print("|---|---:|---:|---:|")
+    for impl, rs in longs.items():
+        peaks = ", ".join(f"{r['peak_rss_training_mb']:.0f}" for r in rs)
+        last = ", ".join(f"{r['rss_after_each_step_mb'][-1]:.0f}" for r in rs)
+        times = ", ".join(f"{r['median_step_s']:.3f}" for r in rs)
+        print(f"| {impl[len('long '):]} | {peaks} | {last} | {times} |")
 PY
 rm -f "$results"

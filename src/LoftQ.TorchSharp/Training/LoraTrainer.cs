@@ -61,7 +61,7 @@ public sealed record LoraTrainingOptions
     /// TorchSharp frees some small native objects only from finalizers: for one, the <c>Scalar</c> it makes for every
     /// number passed to a tensor operation, its own AdamW's included. Freed at arbitrary points inside later steps,
     /// they splinter glibc's heap between the activations, and the resident set creeps up over a run
-    /// (byte-llama-14m, batch 8 × 128, 60 steps: to 1.3–1.6 GB without this, flat at 0.75–0.81 GB with it;
+    /// (byte-llama-14m, batch 8 × 128, 60 steps: peaks of 1.3–1.5 GB without this, 0.69–0.76 GB with it;
     /// docs/benchmarks.md). Collecting between steps, when the step's tensors are already freed, took 1–5 ms per step
     /// there (the managed heap is small); turn it off where the process's managed heap is large.
     /// </summary>
@@ -69,9 +69,9 @@ public sealed record LoraTrainingOptions
 
     /// <summary>
     /// After every optimizer step, return the C allocator's free memory to the OS (glibc's <c>malloc_trim</c>; no
-    /// effect elsewhere). libtorch's activations come from malloc and glibc keeps freed blocks, so the resident set
-    /// creeps up with fragmentation over a run. Trimming lowers the peak (byte-llama-14m, batch 8 × 128: about 13%)
-    /// but the next step faults the pages back in (about 20% slower there), so it is off by default.
+    /// effect elsewhere). libtorch's activations come from malloc and glibc keeps freed blocks between steps. Trimming
+    /// lowers the peak a little more (byte-llama-14m, batch 8 × 128, 20 steps: 7–11%) but the next step faults the
+    /// pages back in (23–34% slower there), so it is off by default.
     /// </summary>
     public bool TrimNativeMemory { get; init; }
 
