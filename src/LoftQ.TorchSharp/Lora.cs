@@ -271,8 +271,10 @@ public static class Lora
             var box = (LoraBox)ctx.get_data("box");
             var shape = (long[])ctx.get_data("shape");
             Tensor? gradInput = null, gradDropped = null, gradA = null, gradB = null;
+            // The Scalar is disposed here, not by a finalizer in some later step (LoraTrainingOptions.CollectGarbageEachStep).
             using (var scope = NewDisposeScope())
             using (torch.no_grad())
+            using (Scalar scaling = box.Scaling.ToScalar())
             {
                 List<Tensor> saved = ctx.get_saved_variables();
                 Tensor loraInput = saved[0], h = saved[1], a = saved[2], b = saved[3];
@@ -281,11 +283,11 @@ public static class Lora
                 Tensor h2 = h.view(-1, rank);
                 if (box.BGrad)
                 {
-                    gradB = g.t().mm(h2).mul_(box.Scaling).DetachFromDisposeScope();
+                    gradB = g.t().mm(h2).mul_(scaling).DetachFromDisposeScope();
                 }
 
                 bool separate = ctx.get_data("dropped") is true;
-                Tensor? gh = box.AGrad || box.DroppedGrad || (box.InputGrad && !separate) ? g.mm(b).mul_(box.Scaling) : null;
+                Tensor? gh = box.AGrad || box.DroppedGrad || (box.InputGrad && !separate) ? g.mm(b).mul_(scaling) : null;
                 if (box.AGrad)
                 {
                     gradA = gh!.t().mm(loraInput.reshape(-1, inFeatures)).DetachFromDisposeScope();
