@@ -85,15 +85,32 @@ public sealed class CliSignalTests
         });
         readOut.Start();
         readErr.Start();
-        bool started = firstLayer.Wait(TimeSpan.FromSeconds(120));
-        if (started && !process.HasExited)
+        bool started = false, exited = false;
+        try
         {
-            stop(process);
+            started = firstLayer.Wait(TimeSpan.FromSeconds(120));
+            if (started && !process.HasExited)
+            {
+                stop(process);
+            }
+
+            exited = process.WaitForExit(TimeSpan.FromSeconds(120));
+        }
+        finally
+        {
+            // Whatever failed, the readers finish before the process object is disposed: a reader thread that touched
+            // a disposed Process would take the whole test host down with it.
+            if (!exited && !process.HasExited)
+            {
+                process.Kill(entireProcessTree: true);
+                process.WaitForExit();
+            }
+
+            readOut.Join();
+            readErr.Join();
         }
 
-        Assert.True(process.WaitForExit(TimeSpan.FromSeconds(120)), "the CLI did not exit");
-        readOut.Join();
-        readErr.Join();
+        Assert.True(exited, $"the CLI did not exit\n{stdout}\n{stderr}");
         Assert.True(started, $"no progress line\n{stdout}\n{stderr}");
         return (process.ExitCode, stdout.ToString(), stderr.ToString());
     }
