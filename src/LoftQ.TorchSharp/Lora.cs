@@ -116,7 +116,7 @@ public static class Lora
             return LoraFunction.Compute(input, loraInput, baseWeight, a, b, scaling, out _).MoveToOuterDisposeScope();
         }
 
-        var box = new LoraBox(baseWeight, scaling, input.requires_grad, dropped?.requires_grad ?? false, a.requires_grad, b.requires_grad);
+        var box = new LoraBox(baseWeight, scaling, input.shape, dropped is not null, input.requires_grad, dropped?.requires_grad ?? false, a.requires_grad, b.requires_grad);
         try
         {
             return LoraFunction.apply(input, dropped!, a, b, box);
@@ -218,8 +218,11 @@ public static class Lora
     /// <summary>A LoRA layer's frozen base: a packed weight or a dense one (exactly one), and its optional bias.</summary>
     internal readonly record struct LoraBase(PackedWeight? Packed, Tensor? Dense, Tensor? Bias);
 
-    /// <summary>What the fused node needs in backward besides its saved tensors.</summary>
-    private sealed record LoraBox(LoraBase Base, double Scaling, bool InputGrad, bool DroppedGrad, bool AGrad, bool BGrad);
+    /// <summary>
+    /// What the fused node needs in backward besides its saved tensors: the input's shape, whether the LoRA branch had
+    /// an input of its own (dropout), and which inputs need a gradient.
+    /// </summary>
+    private sealed record LoraBox(LoraBase Base, double Scaling, long[] InputShape, bool Separate, bool InputGrad, bool DroppedGrad, bool AGrad, bool BGrad);
 
     /// <summary>
     /// y = x·Wᵀ (+ bias) + s·(x_d·Aᵀ)·Bᵀ as one node. Saves x_d and the rank-r product h = x_d·Aᵀ; backward computes
@@ -250,8 +253,6 @@ public static class Lora
             var b = (Tensor)vars[3];
             var box = (LoraBox)vars[4];
             ctx.save_data("box", box);
-            ctx.save_data("shape", input.shape);
-            ctx.save_data("dropped", dropped is not null);
             ctx.set_materialize_grads(false); // an unused output's gradient arrives undefined: backward returns none
             using var scope = NewDisposeScope();
             Tensor loraInput = dropped ?? input;
@@ -269,7 +270,8 @@ public static class Lora
             }
 
             var box = (LoraBox)ctx.get_data("box");
-            var shape = (long[])ctx.get_data("shape");
+            long[] shape = box.InputShape;
+            bool separate = box.Separate;
             Tensor? gradInput = null, gradDropped = null, gradA = null, gradB = null;
             // The Scalar is disposed here, not by a finalizer in some later step (LoraTrainingOptions.CollectGarbageEachStep).
             using (var scope = NewDisposeScope())
@@ -286,7 +288,6 @@ public static class Lora
                     gradB = g.t().mm(h2).mul_(scaling).DetachFromDisposeScope();
                 }
 
-                bool separate = ctx.get_data("dropped") is true;
                 Tensor? gh = box.AGrad || box.DroppedGrad || (box.InputGrad && !separate) ? g.mm(b).mul_(scaling) : null;
                 if (box.AGrad)
                 {
