@@ -243,7 +243,8 @@ public sealed class LoraTrainer
     {
         ArgumentNullException.ThrowIfNull(train);
         LoraTrainingOptions o = Options;
-        List<Parameter> parameters = LoraAdapters.Find(_model).SelectMany(l => new[] { l.Layer.A, l.Layer.B }).ToList();
+        var adapters = LoraAdapters.Find(_model);
+        List<Parameter> parameters = adapters.SelectMany(l => new[] { l.Layer.A, l.Layer.B }).ToList();
         Device device = parameters[0].device;
         string? baseDirectory = o.BaseModelNameOrPath is { } b && Directory.Exists(b) ? b : null;
 
@@ -276,7 +277,7 @@ public sealed class LoraTrainer
 
         TimeSpan Remaining(int step) => step == 0 ? TimeSpan.Zero : training.Elapsed / step * (o.Steps - step);
 
-        PrepareMemory(parameters);
+        PrepareMemory(adapters, parameters);
 
         Evaluate(0);
         for (int step = 0; step < o.Steps; step++)
@@ -415,9 +416,9 @@ public sealed class LoraTrainer
     /// in the middle of that step's activations: the LoRA factors' gradients (zero, so the first backward adds into
     /// them exactly as it would have stored them) and this thread's dequantization buffer for the largest packed base.
     /// </summary>
-    private void PrepareMemory(List<Parameter> parameters)
+    private static void PrepareMemory(IReadOnlyList<(string Path, LoraLinear Layer)> adapters, List<Parameter> parameters)
     {
-        long largest = LoraAdapters.Find(_model).Select(l => l.Layer.QuantizedBase is { } q ? q.OutFeatures * q.InFeatures : 0).DefaultIfEmpty(0).Max();
+        long largest = adapters.Select(l => l.Layer.QuantizedBase is { } q ? q.OutFeatures * q.InFeatures : 0).DefaultIfEmpty(0).Max();
         if (largest > 0 && parameters[0].device_type == DeviceType.CPU)
         {
             TorchCodec.ReserveScratch(largest);
