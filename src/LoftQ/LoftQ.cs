@@ -36,6 +36,7 @@ public static class LoftQ
     /// <returns>The per-layer report, also written to <c>loftq_report.json</c>.</returns>
     /// <exception cref="ArgumentException">An option is invalid (the message names it) or a target does not fit it.</exception>
     /// <exception cref="DirectoryNotFoundException">The model directory does not exist.</exception>
+    /// <exception cref="DeviceUnavailableException"><see cref="LoftQOptions.Device"/> is <see cref="ComputeDevice.Cuda"/> and no usable GPU was found.</exception>
     /// <exception cref="IO.SafeTensorsFormatException">A safetensors file is malformed.</exception>
     /// <exception cref="IO.CheckpointFormatException">config.json or the index is malformed or does not describe the weights.</exception>
     /// <exception cref="IOException">
@@ -78,7 +79,8 @@ public static class LoftQ
         string version = typeof(LoftQ).Assembly.GetCustomAttribute<AssemblyInformationalVersionAttribute>()?.InformationalVersion ?? "unknown";
         sb.AppendLine($"LoftQ.NET {version}");
         sb.AppendLine($"Runtime: {RuntimeInformation.FrameworkDescription} on {RuntimeInformation.OSDescription} ({RuntimeInformation.ProcessArchitecture})");
-        sb.AppendLine("Backend: managed CPU (SIMD GEMM, fused quantizers); CUDA: not part of this build");
+        sb.AppendLine("Backend: managed CPU (SIMD GEMM, fused quantizers)");
+        sb.AppendLine(Accelerators.Describe());
         sb.AppendLine(SimdInfo.Describe());
         sb.AppendLine("Threads can be capped with LOFTQ_NUM_THREADS or ComputeSettings.MaxThreads; results do not depend on them.");
         return sb.ToString();

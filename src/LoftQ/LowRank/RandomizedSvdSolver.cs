@@ -94,7 +94,7 @@ public sealed class RandomizedSvdSolver : IWarmStartLowRankSolver
         {
             int kept = Math.Min(previous!.Rank, l);
             previous.A.Span[..(kept * n)].CopyTo(v.Span);
-            Gaussian.Fill(v.Span[(kept * n)..], Seed, 1f, FreshOffset(previous, n));
+            Gaussian.Fill(v.Span[(kept * n)..], Seed, 1f, FreshOffset(previous.SingularValues, n));
             Qr.OrthonormalizeRows(v.Span, l, n);
             iterations = WarmPowerIterations;
         }
@@ -133,13 +133,31 @@ public sealed class RandomizedSvdSolver : IWarmStartLowRankSolver
             }
         }
 
+        (Matrix left, Matrix right, float[] s) = SplitSmall(small, rank);
+        using (left)
+        using (right)
+        {
+            var a = Matrix.Uninitialized(rank, n);
+            var b = Matrix.Uninitialized(m, rank);
+            Gemm.Multiply(Transpose.No, Transpose.No, rank, n, l, 1f, right.Span, l, p.Span, n, 0f, a.Span, n);
+            Gemm.Multiply(Transpose.Yes, Transpose.No, m, rank, l, 1f, u.Span, m, left.Span, rank, 0f, b.Span, rank);
+            return new LowRankFactors(a, b, s);
+        }
+    }
+
+    /// <summary>
+    /// The SVD of the small ℓ×ℓ projection L = C·Pᵀ (in double), split for the final products: returns
+    /// <c>left</c> = Ũ_r·√Σ_r (ℓ×r), <c>right</c> = √Σ_r·Ṽ_rᵀ (r×ℓ) and the r largest singular values, so that
+    /// A = right·P and B = Uᵀ·left. Shared with the GPU backend, which forms L on the device.
+    /// </summary>
+    internal static (Matrix Left, Matrix Right, float[] SingularValues) SplitSmall(DenseMatrix small, int rank)
+    {
+        int l = small.RowCount;
         var svd = small.Svd(computeVectors: true);
         int[] order = ExactSvdSolver.DescendingOrder(svd.S.ToArray());
-
-        // A = (√Σ_r·Ṽ_rᵀ)·P : (r×ℓ)·(ℓ×n);  B = Uᵀ·(Ũ_r·√Σ_r) : (m×ℓ)·(ℓ×r).
         var s = new float[rank];
-        using var left = Matrix.Uninitialized(l, rank);
-        using var right = Matrix.Uninitialized(rank, l);
+        var left = Matrix.Uninitialized(l, rank);
+        var right = Matrix.Uninitialized(rank, l);
         for (int j = 0; j < rank; j++)
         {
             int k = order[j];
@@ -153,18 +171,14 @@ public sealed class RandomizedSvdSolver : IWarmStartLowRankSolver
             }
         }
 
-        var a = Matrix.Uninitialized(rank, n);
-        var b = Matrix.Uninitialized(m, rank);
-        Gemm.Multiply(Transpose.No, Transpose.No, rank, n, l, 1f, right.Span, l, p.Span, n, 0f, a.Span, n);
-        Gemm.Multiply(Transpose.Yes, Transpose.No, m, rank, l, 1f, u.Span, m, left.Span, rank, 0f, b.Span, rank);
-        return new LowRankFactors(a, b, s);
+        return (left, right, s);
     }
 
     /// <summary>A stream offset for the fresh directions that differs between warm starts (derived from the previous spectrum).</summary>
-    private static long FreshOffset(LowRankFactors previous, int n)
+    internal static long FreshOffset(IReadOnlyList<float> previousSingularValues, int n)
     {
         ulong h = 0xCBF29CE484222325UL;
-        foreach (float s in previous.SingularValues)
+        foreach (float s in previousSingularValues)
         {
             h = (h ^ BitConverter.SingleToUInt32Bits(s)) * 0x100000001B3UL;
         }

@@ -60,7 +60,9 @@ internal static class CheckpointPipeline
                 checkpoint, targets, options, fanInFanOut,
                 message => progress?.Report(new LoftQProgress(LoftQProgressKind.Notice, 0, targets.Count, Message: message)),
                 cancellationToken).Policy;
-        var plan = new LoftQPlan(options, checkpoint.Config.NumHiddenLayers, allocated);
+        using ILoftQAccelerator? accelerator = Accelerators.Select(
+            options, message => progress?.Report(new LoftQProgress(LoftQProgressKind.Notice, 0, targets.Count, Message: message)));
+        var plan = new LoftQPlan(options, checkpoint.Config.NumHiddenLayers, allocated) { Accelerator = accelerator };
         IQuantizationPolicy policy = plan.Policy;
         CheckTargets(checkpoint, targets, options, policy, fanInFanOut);
 
@@ -240,13 +242,15 @@ internal static class CheckpointPipeline
         bool fanInFanOut, BackboneSpill spill, Action<SpilledTarget> completed, CancellationToken cancellationToken)
     {
         var outputs = new ConcurrentDictionary<string, SpilledTarget>(StringComparer.Ordinal);
+        // One target at a time (large layers, or a GPU): read the next weight while this one is computed.
+        using WeightPrefetcher? prefetcher = TargetThreads(targets, plan.Accelerator) == 1 && targets.Count > 1 ? new WeightPrefetcher(file, targets) : null;
         ForEachTarget(targets, i =>
         {
             cancellationToken.ThrowIfCancellationRequested();
             TargetOutput output;
             try
             {
-                output = ProcessTarget(file, targets[i], plan, fanInFanOut, spill);
+                output = ProcessTarget(file, targets[i], plan, fanInFanOut, spill, prefetcher, i);
             }
             catch (ArgumentException e)
             {
@@ -280,7 +284,7 @@ internal static class CheckpointPipeline
             var spilled = new SpilledTarget(output.Adapter, output.Report);
             outputs[targets[i].Name] = spilled;
             completed(spilled);
-        });
+        }, plan.Accelerator);
         return new Dictionary<string, SpilledTarget>(outputs, StringComparer.Ordinal);
     }
 
@@ -289,10 +293,15 @@ internal static class CheckpointPipeline
     /// are all small, one at a time (with multi-threaded kernels) otherwise. The first real failure (a bad tensor, a
     /// cancellation) is rethrown rather than the AggregateException around it.
     /// </summary>
-    internal static void ForEachTarget(IReadOnlyList<SafeTensorInfo> targets, Action<int> body)
+    internal static void ForEachTarget(IReadOnlyList<SafeTensorInfo> targets, Action<int> body, ILoftQAccelerator? accelerator = null)
     {
-        long largest = targets.Count == 0 ? 0 : targets.Max(t => t.ElementCount);
-        int threads = largest <= LayerParallelMaxElements ? ComputeSettings.ThreadsFor(targets.Count, 1) : 1;
+        int threads = TargetThreads(targets, accelerator);
+        if (accelerator is not null && threads > 1)
+        {
+            OnDedicatedThreads(targets.Count, threads, body);
+            return;
+        }
+
         try
         {
             ComputeSettings.ParallelFor(targets.Count, threads, body);
@@ -302,6 +311,69 @@ internal static class CheckpointPipeline
             System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(e.Flatten().InnerExceptions[0]).Throw();
             throw;
         }
+    }
+
+    /// <summary>
+    /// Runs <paramref name="body"/> for [0, <paramref name="count"/>) on <paramref name="threads"/> threads of its own, in
+    /// index order as each thread frees up. A device's lanes are only kept busy by that many callers at once, which a
+    /// busy thread pool does not promise. After a failure no new index starts; the failure of the lowest index is
+    /// rethrown once the running ones finish.
+    /// </summary>
+    internal static void OnDedicatedThreads(int count, int threads, Action<int> body)
+    {
+        int next = -1;
+        var failures = new ConcurrentDictionary<int, Exception>();
+        var workers = new Thread[Math.Min(threads, count)];
+        for (int t = 0; t < workers.Length; t++)
+        {
+            workers[t] = new Thread(() =>
+            {
+                using ComputeSettings.SerialRegion region = ComputeSettings.EnterSerialRegion();
+                int i;
+                while (failures.IsEmpty && (i = Interlocked.Increment(ref next)) < count)
+                {
+                    try
+                    {
+                        body(i);
+                    }
+                    catch (Exception e)
+                    {
+                        failures[i] = e;
+                    }
+                }
+            })
+            {
+                IsBackground = true,
+                Name = $"LoftQ target {t}",
+            };
+            workers[t].Start();
+        }
+
+        foreach (Thread worker in workers)
+        {
+            worker.Join();
+        }
+
+        if (!failures.IsEmpty)
+        {
+            System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(failures[failures.Keys.Min()]).Throw();
+        }
+    }
+
+    /// <summary>
+    /// Targets computed at once by <see cref="ForEachTarget"/>: as many as <paramref name="accelerator"/> runs at once
+    /// when there is one; otherwise several when they are all small (each single-threaded), else one (with
+    /// multi-threaded kernels).
+    /// </summary>
+    internal static int TargetThreads(IReadOnlyList<SafeTensorInfo> targets, ILoftQAccelerator? accelerator = null)
+    {
+        if (accelerator is not null)
+        {
+            return Math.Clamp(targets.Count, 1, accelerator.Concurrency);
+        }
+
+        long largest = targets.Count == 0 ? 0 : targets.Max(t => t.ElementCount);
+        return largest <= LayerParallelMaxElements ? ComputeSettings.ThreadsFor(targets.Count, 1) : 1;
     }
 
     /// <summary>
@@ -335,12 +407,10 @@ internal static class CheckpointPipeline
             $"its values are finite but reach {w[at]:R} (element {at}), so LoftQ's float32 arithmetic (residuals, products, norms) overflowed to infinity; weights this large cannot be LoftQ-initialised. Details: ");
     }
 
-    private static TargetOutput ProcessTarget(SafeTensorsFile file, SafeTensorInfo info, LoftQPlan plan, bool fanInFanOut, BackboneSpill spill)
+    private static TargetOutput ProcessTarget(SafeTensorsFile file, SafeTensorInfo info, LoftQPlan plan, bool fanInFanOut, BackboneSpill spill, WeightPrefetcher? prefetcher, int index)
     {
         LoftQOptions options = plan.Options;
-        int rows = (int)info.Shape[0], cols = (int)info.Shape[1];
-        using Matrix stored = Matrix.Uninitialized(rows, cols);
-        file.ReadAsSingle(info.Name, stored.Span);
+        using Matrix stored = ReadWeight(file, info, prefetcher, index);
         // GPT-2's Conv1D stores [in, out]: optimise in the [out, in] orientation, write back transposed.
         using Matrix? transposed = fanInFanOut ? stored.Transpose() : null;
         Matrix weight = transposed ?? stored;
@@ -361,6 +431,27 @@ internal static class CheckpointPipeline
         }
 
         return new TargetOutput(entries, new LoraTensors(TargetSelector.ModulePathOf(info.Name), result.A.Clone(), layer.AdapterB.Clone()), layer.Report);
+    }
+
+    /// <summary>The target's weight as stored (target <paramref name="index"/> of the shard), from <paramref name="prefetcher"/> when one reads ahead.</summary>
+    private static Matrix ReadWeight(SafeTensorsFile file, SafeTensorInfo info, WeightPrefetcher? prefetcher, int index)
+    {
+        if (prefetcher is not null)
+        {
+            return prefetcher.Take(index);
+        }
+
+        var stored = Matrix.Uninitialized((int)info.Shape[0], (int)info.Shape[1]);
+        try
+        {
+            file.ReadAsSingle(info.Name, stored.Span);
+            return stored;
+        }
+        catch
+        {
+            stored.Dispose();
+            throw;
+        }
     }
 
     private static string TorchDTypeName(SafeTensorDType dtype) => dtype switch

@@ -36,6 +36,22 @@ public enum OutputFormat
     BitsAndBytesNf4,
 }
 
+/// <summary>Where the LoftQ loop of each target runs.</summary>
+public enum ComputeDevice
+{
+    /// <summary>The managed CPU path (SIMD GEMM, fused quantizers), available everywhere.</summary>
+    Cpu,
+
+    /// <summary>
+    /// An NVIDIA GPU through the LoftQ.Cuda package (the CUDA libraries the machine has, no libtorch). It is an error
+    /// when no usable GPU is found or the options need something the GPU path lacks (the message says which).
+    /// </summary>
+    Cuda,
+
+    /// <summary>The GPU when <see cref="Cuda"/> would work, otherwise the CPU with a one-line notice saying why.</summary>
+    Auto,
+}
+
 /// <summary>Options for <see cref="LoftQ.Initialize(string, string, LoftQOptions?, IProgress{LoftQProgress}?, CancellationToken)"/>.</summary>
 public sealed record LoftQOptions
 {
@@ -123,6 +139,13 @@ public sealed record LoftQOptions
 
     /// <summary>With <see cref="OutputFormat.BitsAndBytesNf4"/>: quantize the absmax values too (bitsandbytes double quantization).</summary>
     public bool DoubleQuant { get; init; }
+
+    /// <summary>
+    /// Where each target's LoftQ loop runs (<see cref="ComputeDevice.Cpu"/> by default). The GPU path runs the weight
+    /// objective with the randomized solver and the built-in quantizers; <see cref="LoftQ.Describe"/> says whether a GPU
+    /// was found and why not.
+    /// </summary>
+    public ComputeDevice Device { get; init; } = ComputeDevice.Cpu;
 
     /// <summary>Threads to use; <c>null</c> = <see cref="Numerics.ComputeSettings.MaxThreads"/>.</summary>
     public int? Threads { get; init; }

@@ -53,6 +53,12 @@ public sealed class LoftQPlan
     /// <summary>The options.</summary>
     public LoftQOptions Options { get; }
 
+    /// <summary>
+    /// The device that runs each target's loop when it can (<see cref="Accelerators.Select"/>); null for the CPU. The
+    /// plan does not own it.
+    /// </summary>
+    internal ILoftQAccelerator? Accelerator { get; init; }
+
     /// <summary>Decoder layers the policy was built for.</summary>
     public int LayerCount { get; }
 
@@ -153,6 +159,21 @@ public sealed class LoftQPlan
     internal LoftQResult Optimize(string tensorName, Matrix weight, IQuantizer quantizer, int iterations, out InputWeighting? weighting)
     {
         int seed = LayerSeed(tensorName);
+        if (Accelerator is { } device && Options.Objective == LoftQObjective.Weight && Options.Solver == SolverKind.Randomized)
+        {
+            weighting = null;
+            string? unsupported = device.Unsupported(quantizer);
+            if (unsupported is null)
+            {
+                return device.Run(weight, quantizer, Options.Rank, iterations, seed, Options.LowRankFirst);
+            }
+
+            if (Options.Device == ComputeDevice.Cuda)
+            {
+                throw new ArgumentException($"Device cuda (--device cuda, LoftQOptions.Device = Cuda) cannot run target '{tensorName}': {unsupported}");
+            }
+        }
+
         ILowRankSolver solver = Options.Solver == SolverKind.Exact ? new ExactSvdSolver() : new RandomizedSvdSolver(seed: seed);
         weighting = WeightingOf(tensorName, weight);
         var optimizer = new AlternatingOptimizer(quantizer, solver)
@@ -215,6 +236,7 @@ public sealed class LoftQPlan
             Format = o.Format == OutputFormat.BitsAndBytesNf4 ? "bnb-nf4" : "peft",
             DoubleQuant = o.DoubleQuant,
             Threads = o.Threads ?? ComputeSettings.EffectiveMaxThreads,
+            Device = Accelerator?.Name ?? "cpu",
         };
     }
 }

@@ -111,6 +111,9 @@ public sealed record LoftQSettings
 
     /// <summary>Threads used (<see cref="LoftQOptions.Threads"/>, or the default). Results do not depend on it.</summary>
     public required int Threads { get; init; }
+
+    /// <summary>Where the targets' loops ran: <c>cpu</c>, or the GPU's name (<see cref="LoftQOptions.Device"/>).</summary>
+    public string Device { get; init; } = "cpu";
 }
 
 /// <summary>The summary of a checkpoint run, also written to <c>loftq_report.json</c>.</summary>

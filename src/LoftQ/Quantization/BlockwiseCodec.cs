@@ -478,7 +478,7 @@ internal sealed class BlockwiseCodec
         throw new InvalidOperationException("A block reported a non-finite extreme but holds only finite values.");
     }
 
-    private static string NonFiniteMessage(long index, float value) =>
+    internal static string NonFiniteMessage(long index, float value) =>
         $"Value at flat index {index} is {value}; quantization needs finite values.";
 
     /// <summary>The lowest failing flat index reported by any worker, and its message.</summary>
