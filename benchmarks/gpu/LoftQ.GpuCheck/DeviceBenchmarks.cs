@@ -1,0 +1,202 @@
+using System.Diagnostics;
+using LoftQNet.Cuda;
+using LoftQNet.Cuda.Device;
+using LoftQNet.LowRank;
+using LoftQNet.Numerics;
+using LoftQNet.Optimization;
+using LoftQNet.Quantization;
+
+namespace LoftQNet.GpuCheck;
+
+/// <summary>One measured figure: what, the value, its unit, and how it was measured.</summary>
+public sealed record Measurement(string Name, double Value, string Unit, string Note);
+
+/// <summary>The GPU goals, measured: the fused quantizer's bandwidth, SGEMM, and the LoftQ loop on a Llama-7B-shaped model.</summary>
+internal static class DeviceBenchmarks
+{
+    /// <summary>One Llama-7B decoder block's target shapes (out, in): q, k, v, o, gate, up, down.</summary>
+    internal static readonly (int Rows, int Columns)[] Llama7BBlock =
+        [(4096, 4096), (4096, 4096), (4096, 4096), (4096, 4096), (11008, 4096), (11008, 4096), (4096, 11008)];
+
+    public static IEnumerable<Measurement> Quantizer(CudaAccelerator gpu)
+    {
+        const int Rows = 4096, Columns = 11008;
+        long n = (long)Rows * Columns;
+        var host = new float[n];
+        Gaussian.Fill(host, 1, 0.02f);
+        var results = new List<Measurement>();
+        using (CudaAccelerator.Lease lane = gpu.Take())
+        {
+            CudaOps ops = lane.Ops;
+            using DeviceBuffer<float> x = ops.Allocate<float>(n), output = ops.Allocate<float>(n);
+            using DeviceBuffer<byte> codes = ops.Allocate<byte>(n);
+            using DeviceBuffer<float> scales = ops.Allocate<float>(n / 64);
+            ops.Upload<float>(host, x.All);
+            foreach ((string name, BlockScaleSearch? search) in new[] { ("absmax", (BlockScaleSearch?)null), ("scale search", BlockScaleSearch.Default) })
+            {
+                using DeviceCodec codec = DeviceCodec.Create(ops, new NormalFloatQuantizer(4, 64, search));
+                float ms = ops.TimeMilliseconds(() => ops.QueueQuantize(codec, x.All, x.All, output.All, codes.All, scales.All, null), 20);
+                double seconds = ms / 1000.0;
+                results.Add(new Measurement($"NF4 quantize+dequantize 4096x11008 ({name})", ms, "ms", "CUDA events, mean of 20 after a warm-up"));
+                results.Add(new Measurement($"  effective bandwidth ({name})", n * 4.0 / seconds / 1e9, "GB/s", "fp32 input bytes / time (as torch's anchor)"));
+                results.Add(new Measurement($"  memory traffic ({name})", n * (4.0 + 4.0 + 4.0 + 1.0) / seconds / 1e9, "GB/s", "reads x and W, writes W-Q and codes"));
+            }
+        }
+
+        return results;
+    }
+
+    public static IEnumerable<Measurement> Sgemm(CudaAccelerator gpu)
+    {
+        const int L = 72, M = 11008, N = 4096;
+        using (CudaAccelerator.Lease lane = gpu.Take())
+        {
+            CudaOps ops = lane.Ops;
+            using DeviceBuffer<float> u = ops.Allocate<float>((long)L * M), w = ops.Allocate<float>((long)M * N), c = ops.Allocate<float>((long)L * N);
+            ops.FillGaussian(u.All, 1, 0);
+            ops.FillGaussian(w.All, 2, 0);
+            float ms = ops.TimeMilliseconds(() => ops.Gemm(Transpose.No, Transpose.No, L, N, M, 1f, u.All, M, w.All, N, 0f, c.All, N), 20);
+            return [new Measurement("SGEMM 72x11008 · 11008x4096", 2.0 * L * M * N / (ms / 1000.0) / 1e12, "TFLOP/s", $"{ms:F3} ms per product")];
+        }
+    }
+
+    /// <summary>LoftQ (NF4 or NF2, r = 64, T = 5) on one 4096² matrix, GPU and CPU, for the error comparison.</summary>
+    public static IEnumerable<Measurement> Agreement4096(CudaAccelerator gpu)
+    {
+        using var w = Matrix.Uninitialized(4096, 4096);
+        Gaussian.Fill(w.Span, 4096, 0.02f);
+        var results = new List<Measurement>();
+        foreach (int bits in new[] { 4, 2 })
+        {
+            var quantizer = new NormalFloatQuantizer(bits, 64);
+            var clock = Stopwatch.StartNew();
+            using LoftQResult device = gpu.Run(w, quantizer, 64, 5, seed: 0, lowRankFirst: false);
+            double gpuSeconds = clock.Elapsed.TotalSeconds;
+            clock.Restart();
+            using LoftQResult cpu = new AlternatingOptimizer(quantizer, new RandomizedSvdSolver(seed: 0)).Run(w, 64, 5);
+            double cpuSeconds = clock.Elapsed.TotalSeconds;
+            double gap = (device.RelativeError - cpu.RelativeError) / cpu.RelativeError;
+            results.Add(new Measurement($"4096² NF{bits} r64 T5 error, GPU", device.RelativeError, string.Empty, $"CPU {cpu.RelativeError:F4} ({gap:+0.00%;-0.00%}); GPU {gpuSeconds:F2} s, CPU {cpuSeconds:F2} s wall"));
+        }
+
+        return results;
+    }
+
+    /// <summary>
+    /// The same model through <see cref="CudaAccelerator.Run"/> from <see cref="CudaAccelerator.Concurrency"/> threads at
+    /// once (as the checkpoint pipeline calls it): the wall time of all matrices, with one layer's host work and
+    /// latency-bound calls overlapping another's.
+    /// </summary>
+    public static IEnumerable<Measurement> Llama7BConcurrent(CudaAccelerator gpu, int blocks, BlockScaleSearch? search)
+    {
+        var weights = new Dictionary<(int, int), Matrix>();
+        try
+        {
+            foreach ((int rows, int columns) in Llama7BBlock.Distinct())
+            {
+                var m = Matrix.Uninitialized(rows, columns);
+                Gaussian.Fill(m.Span, rows * 31 + columns, 0.02f);
+                weights[(rows, columns)] = m;
+            }
+
+            var quantizer = new NormalFloatQuantizer(4, 64, search);
+            int count = blocks * Llama7BBlock.Length;
+            var errors = new double[count];
+            gpu.Run(weights[(4096, 4096)], quantizer, 64, 1, 0, false).Dispose(); // warm-up: every lane's first use is outside the timing
+            var clock = Stopwatch.StartNew();
+            Parallel.For(0, count, new ParallelOptions { MaxDegreeOfParallelism = gpu.Concurrency }, i =>
+            {
+                (int rows, int columns) = Llama7BBlock[i % Llama7BBlock.Length];
+                using LoftQResult r = gpu.Run(weights[(rows, columns)], quantizer, 64, 5, seed: i / Llama7BBlock.Length, lowRankFirst: false);
+                errors[i] = r.RelativeError;
+            });
+            double wall = clock.Elapsed.TotalSeconds;
+            string label = search is null ? "absmax" : "scale search";
+            return
+            [
+                new($"Llama-7B-shaped, {count} matrices, NF4 r64 T5 ({label}), {gpu.Concurrency} lanes: wall", wall, "s", "uploads, compute and downloads of all matrices, overlapped across lanes"),
+                new("  mean relative error", errors.Average(), string.Empty, $"min {errors.Min():F4} max {errors.Max():F4}"),
+            ];
+        }
+        finally
+        {
+            foreach (Matrix m in weights.Values)
+            {
+                m.Dispose();
+            }
+        }
+    }
+
+    /// <summary>
+    /// The Llama-7B-shaped synthetic model: 32 blocks of the seven target shapes, Gaussian × 0.02 (one matrix per
+    /// shape, reused by every block), NF4, r = 64, T = 5; compute is the device time from the end of each upload to the
+    /// end of its last pass.
+    /// </summary>
+    public static IEnumerable<Measurement> Llama7B(CudaAccelerator gpu, int blocks, BlockScaleSearch? search)
+    {
+        var weights = new Dictionary<(int, int), Matrix>();
+        try
+        {
+            foreach ((int rows, int columns) in Llama7BBlock.Distinct())
+            {
+                var m = Matrix.Uninitialized(rows, columns);
+                Gaussian.Fill(m.Span, rows * 31 + columns, 0.02f);
+                weights[(rows, columns)] = m;
+            }
+
+            var quantizer = new NormalFloatQuantizer(4, 64, search);
+            var timings = new DeviceRunTimings();
+            var perShape = new Dictionary<(int, int), List<double>>();
+            var errors = new List<double>();
+            var clock = Stopwatch.StartNew();
+            using (CudaAccelerator.Lease lane = gpu.Take())
+            {
+                CudaOps ops = lane.Ops;
+                var loop = new DeviceLoftQ(ops) { Timings = timings };
+                DeviceCodec codec = DeviceCodec.Create(ops, quantizer);
+                try
+                {
+                    for (int b = 0; b < blocks; b++)
+                    {
+                        foreach ((int rows, int columns) in Llama7BBlock)
+                        {
+                            double before = timings.ComputeSeconds;
+                            using LoftQResult r = loop.Run(weights[(rows, columns)], codec, 64, 5, seed: b, lowRankFirst: false);
+                            errors.Add(r.RelativeError);
+                            (perShape.TryGetValue((rows, columns), out List<double>? list) ? list : perShape[(rows, columns)] = []).Add(timings.ComputeSeconds - before);
+                        }
+                    }
+                }
+                finally
+                {
+                    codec.Dispose();
+                }
+            }
+
+            double wall = clock.Elapsed.TotalSeconds;
+            string label = search is null ? "absmax" : "scale search";
+            var results = new List<Measurement>
+            {
+                new($"Llama-7B-shaped, {blocks * 7} matrices, NF4 r64 T5 ({label}): compute", timings.ComputeSeconds, "s", "device time after each upload to the end of its last pass"),
+                new("  upload (pageable host → device)", timings.UploadSeconds, "s", "all weights"),
+                new("  download (packed Q, scales, A, B)", timings.DownloadSeconds, "s", "all results"),
+                new("  wall, including host work", wall, "s", string.Empty),
+                new("  mean relative error", errors.Average(), string.Empty, $"min {errors.Min():F4} max {errors.Max():F4}"),
+            };
+            foreach (((int rows, int columns), List<double> seconds) in perShape)
+            {
+                seconds.Sort();
+                results.Add(new Measurement($"  {rows}x{columns} compute, median", seconds[seconds.Count / 2] * 1000, "ms", $"{seconds.Count} runs"));
+            }
+
+            return results;
+        }
+        finally
+        {
+            foreach (Matrix m in weights.Values)
+            {
+                m.Dispose();
+            }
+        }
+    }
+}
