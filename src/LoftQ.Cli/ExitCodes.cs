@@ -29,5 +29,6 @@ internal static class ExitCodes
         or JsonException
         or KeyNotFoundException
         or OverflowException
-        or NotFiniteNumberException;
+        or NotFiniteNumberException
+        or LoftQNet.Pipeline.DeviceUnavailableException;
 }

@@ -43,11 +43,13 @@ internal static class QuantizeCommand
         var threads = new Option<int?>("--threads") { Description = "Threads to use (default: all processors, or LOFTQ_NUM_THREADS)." };
         var overwrite = new Option<bool>("--overwrite") { Description = "Replace an existing output directory once the new one is complete." };
         var json = new Option<bool>("--json") { Description = "Print the report as JSON on stdout (progress goes to stderr)." };
+        var device = new Option<string>("--device") { Description = "Where each target's LoftQ loop runs: cpu, cuda (an NVIDIA GPU through the CUDA libraries on the machine; an error when there is none) or auto (the GPU when it can, else the CPU with a one-line note). 'loftq describe' says what was found.", DefaultValueFactory = _ => "cpu" };
+        device.AcceptOnlyFromAmong("cpu", "cuda", "auto");
 
         var command = new Command("quantize", "LoftQ-initialise a checkpoint: quantized backbone + PEFT LoRA adapter (loftq_init/) + loftq_report.json.")
         {
             model, output, bits, quantizer, rank, iters, blockSize, solver, alpha, seed, targets, bitsPattern, format, doubleQuant, scaleSearch,
-            bitBudget, budgetBits, objective, calibration, calibrationWindows, calibrationCache, damping, plainScales, lowRankFirst, threads, overwrite, json,
+            bitBudget, budgetBits, objective, calibration, calibrationWindows, calibrationCache, damping, plainScales, lowRankFirst, threads, device, overwrite, json,
         };
         command.SetAction(parse => CliApp.Guard(stderr, () =>
         {
@@ -84,6 +86,12 @@ internal static class QuantizeCommand
                 ActivationWeightedScales = !parse.GetValue(plainScales),
                 BitBudget = parse.GetValue(bitBudget),
                 BudgetBits = parse.GetValue(budgetBits) ?? [2, 3, 4],
+                Device = parse.GetValue(device) switch
+                {
+                    "cuda" => ComputeDevice.Cuda,
+                    "auto" => ComputeDevice.Auto,
+                    _ => ComputeDevice.Cpu,
+                },
             };
             options = options with
             {

@@ -145,6 +145,32 @@ public sealed class CliTests
     }
 
     [Fact]
+    public void Device_cuda_without_a_gpu_is_a_clear_error_and_auto_runs_on_the_cpu_with_one_note()
+    {
+        if (Environment.GetEnvironmentVariable("LOFTQ_CUDA_UNVERIFIED") == "1")
+        {
+            return; // possibly a GPU machine: the device tests cover the GPU path
+        }
+
+        using var dir = new TempDirectory();
+        string[] common = ["--bits", "2", "--rank", "4", "--iters", "1", "--targets", "k_proj"];
+        (int code, _, string stderr) = Run(["quantize", TestData.Model, "--out", dir.Combine("a"), "--device", "cuda", .. common]);
+        Assert.Equal(2, code);
+        Assert.StartsWith("error: Device cuda (--device cuda", stderr, StringComparison.Ordinal);
+        Assert.Contains("no usable GPU was found", stderr, StringComparison.Ordinal);
+        Assert.False(Directory.Exists(dir.Combine("a")));
+
+        (int autoCode, string stdout, string autoErr) = Run(["quantize", TestData.Model, "--out", dir.Combine("b"), "--device", "auto", "--json", .. common]);
+        Assert.True(autoCode == 0, autoErr);
+        Assert.Single(autoErr.Split('\n'), l => l.StartsWith("note: Running on the CPU: no usable GPU (", StringComparison.Ordinal));
+        Assert.Equal("cpu", JsonNode.Parse(stdout)!["settings"]!["device"]!.GetValue<string>());
+
+        (int bad, _, string badErr) = Run(["quantize", TestData.Model, "--out", dir.Combine("c"), "--device", "gpu", .. common]);
+        Assert.Equal(2, bad);
+        Assert.Contains("gpu", badErr, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void Describe_names_the_backend_simd_and_threads()
     {
         (int code, string stdout, _) = Run("describe");
@@ -152,6 +178,8 @@ public sealed class CliTests
         Assert.Contains("Vector256=", stdout, StringComparison.Ordinal);
         Assert.Contains("GEMM kernel:", stdout, StringComparison.Ordinal);
         Assert.Contains($"threads: {LoftQNet.Numerics.ComputeSettings.MaxThreads}", stdout, StringComparison.Ordinal);
+        Assert.Contains("CUDA: ", stdout, StringComparison.Ordinal); // the GPU found, or why none (the tool ships LoftQ.Cuda)
+        Assert.Contains("cuBLAS: ", stdout, StringComparison.Ordinal);
     }
 
     [Fact]
