@@ -206,4 +206,22 @@ public sealed class DeviceLoftQTests
 
         public void Dequantize(QuantizedTensor quantized, Span<float> destination) => throw new NotSupportedException();
     }
+
+    [Fact]
+    public void ProfilingChangesNothingAndCountsEveryCall()
+    {
+        using Matrix w = Gaussian(96, 160, seed: 12);
+        var quantizer = new NormalFloatQuantizer(4, 64);
+        var ops = new HostDeviceOps();
+        using DeviceCodec codec = DeviceCodec.Create(ops, quantizer);
+        using LoftQResult plain = new DeviceLoftQ(ops).Run(w, codec, 8, 3, seed: 2, lowRankFirst: false);
+        var profiling = new ProfilingOps(ops);
+        using LoftQResult profiled = new DeviceLoftQ(profiling).Run(w, codec, 8, 3, seed: 2, lowRankFirst: false);
+        Assert.Equal(plain.ErrorTrace, profiled.ErrorTrace);
+        Assert.Equal(plain.Quantized.PackedCodes.ToArray(), profiled.Quantized.PackedCodes.ToArray());
+        Assert.Equal(3, profiling.Categories["quantize"].Calls);     // one per pass
+        Assert.Equal(3, profiling.Categories["gaussian"].Calls);     // one per solve: all ℓ rows cold, the ℓ − r fresh rows warm
+        Assert.Equal(1 + (2 * 3), profiling.Categories["upload"].Calls); // W once, then the small left and right factors per solve
+        Assert.True(profiling.Categories["qr"].Calls >= 3 * 4);
+    }
 }

@@ -16,11 +16,14 @@ internal static class DeviceBenchmarks
 {
     /// <summary>One Llama-7B decoder block's target shapes (out, in): q, k, v, o, gate, up, down.</summary>
     internal static readonly (int Rows, int Columns)[] Llama7BBlock =
-        [(4096, 4096), (4096, 4096), (4096, 4096), (4096, 4096), (11008, 4096), (11008, 4096), (4096, 11008)];
+        [(S(4096), S(4096)), (S(4096), S(4096)), (S(4096), S(4096)), (S(4096), S(4096)), (S(11008), S(4096)), (S(11008), S(4096)), (S(4096), S(11008))];
+
+    /// <summary>A dimension, divided by 16 for a smoke run on an emulated device (<see cref="DeviceChecks.Small"/>).</summary>
+    internal static int S(int dimension) => DeviceChecks.Small ? dimension / 16 : dimension;
 
     public static IEnumerable<Measurement> Quantizer(CudaAccelerator gpu)
     {
-        const int Rows = 4096, Columns = 11008;
+        int Rows = S(4096), Columns = S(11008);
         long n = (long)Rows * Columns;
         var host = new float[n];
         Gaussian.Fill(host, 1, 0.02f);
@@ -37,7 +40,7 @@ internal static class DeviceBenchmarks
                 using DeviceCodec codec = DeviceCodec.Create(ops, new NormalFloatQuantizer(4, 64, search));
                 float ms = ops.TimeMilliseconds(() => ops.QueueQuantize(codec, x.All, x.All, output.All, codes.All, scales.All, null), 20);
                 double seconds = ms / 1000.0;
-                results.Add(new Measurement($"NF4 quantize+dequantize 4096x11008 ({name})", ms, "ms", "CUDA events, mean of 20 after a warm-up"));
+                results.Add(new Measurement($"NF4 quantize+dequantize {Rows}x{Columns} ({name})", ms, "ms", "CUDA events, mean of 20 after a warm-up"));
                 results.Add(new Measurement($"  effective bandwidth ({name})", n * 4.0 / seconds / 1e9, "GB/s", "fp32 input bytes / time (as torch's anchor)"));
                 results.Add(new Measurement($"  memory traffic ({name})", n * (4.0 + 4.0 + 4.0 + 1.0) / seconds / 1e9, "GB/s", "reads x and W, writes W-Q and codes"));
             }
@@ -48,7 +51,7 @@ internal static class DeviceBenchmarks
 
     public static IEnumerable<Measurement> Sgemm(CudaAccelerator gpu)
     {
-        const int L = 72, M = 11008, N = 4096;
+        int L = 72, M = S(11008), N = S(4096);
         using (CudaAccelerator.Lease lane = gpu.Take())
         {
             CudaOps ops = lane.Ops;
@@ -56,14 +59,45 @@ internal static class DeviceBenchmarks
             ops.FillGaussian(u.All, 1, 0);
             ops.FillGaussian(w.All, 2, 0);
             float ms = ops.TimeMilliseconds(() => ops.Gemm(Transpose.No, Transpose.No, L, N, M, 1f, u.All, M, w.All, N, 0f, c.All, N), 20);
-            return [new Measurement("SGEMM 72x11008 · 11008x4096", 2.0 * L * M * N / (ms / 1000.0) / 1e12, "TFLOP/s", $"{ms:F3} ms per product")];
+            return [new Measurement($"SGEMM {L}x{M} · {M}x{N}", 2.0 * L * M * N / (ms / 1000.0) / 1e12, "TFLOP/s", $"{ms:F3} ms per product")];
         }
+    }
+
+    /// <summary>
+    /// Where one layer's time goes (NF4 with the default scale search, r = 64, T = 5): every device call waited for
+    /// and timed by category (<see cref="ProfilingOps"/>); "host" is the rest (the small SVDs, bookkeeping).
+    /// </summary>
+    public static IEnumerable<Measurement> Profile(CudaAccelerator gpu)
+    {
+        var results = new List<Measurement>();
+        foreach ((int rows, int columns) in new[] { (S(4096), S(4096)), (S(11008), S(4096)) })
+        {
+            using var w = Matrix.Uninitialized(rows, columns);
+            Gaussian.Fill(w.Span, 99, 0.02f);
+            using CudaAccelerator.Lease lane = gpu.Take();
+            var ops = new ProfilingOps(lane.Ops);
+            DeviceCodec codec = lane.Lane.Codec(new NormalFloatQuantizer(4, 64, BlockScaleSearch.Default));
+            new DeviceLoftQ(lane.Ops).Run(w, codec, 64, 5, 0, false).Dispose(); // warm-up, unprofiled
+            var clock = Stopwatch.StartNew();
+            new DeviceLoftQ(ops).Run(w, codec, 64, 5, 0, false).Dispose();
+            double total = clock.Elapsed.TotalSeconds;
+            double devices = ops.Categories.Values.Sum(c => c.Seconds);
+            results.Add(new Measurement($"profile {rows}x{columns} NF4 search r64 T5: total (serialised)", total * 1000, "ms", "every call waited for"));
+            foreach ((string name, (int calls, double seconds)) in ops.Categories)
+            {
+                results.Add(new Measurement($"  {name}", seconds * 1000, "ms", $"{calls} calls"));
+            }
+
+            results.Add(new Measurement("  host (small SVDs, bookkeeping)", (total - devices) * 1000, "ms", string.Empty));
+        }
+
+        return results;
     }
 
     /// <summary>LoftQ (NF4 or NF2, r = 64, T = 5) on one 4096² matrix, GPU and CPU, for the error comparison.</summary>
     public static IEnumerable<Measurement> Agreement4096(CudaAccelerator gpu)
     {
-        using var w = Matrix.Uninitialized(4096, 4096);
+        using var w = Matrix.Uninitialized(S(4096), S(4096));
         Gaussian.Fill(w.Span, 4096, 0.02f);
         var results = new List<Measurement>();
         foreach (int bits in new[] { 4, 2 })
@@ -76,7 +110,7 @@ internal static class DeviceBenchmarks
             using LoftQResult cpu = new AlternatingOptimizer(quantizer, new RandomizedSvdSolver(seed: 0)).Run(w, 64, 5);
             double cpuSeconds = clock.Elapsed.TotalSeconds;
             double gap = (device.RelativeError - cpu.RelativeError) / cpu.RelativeError;
-            results.Add(new Measurement($"4096² NF{bits} r64 T5 error, GPU", device.RelativeError, string.Empty, $"CPU {cpu.RelativeError:F4} ({gap:+0.00%;-0.00%}); GPU {gpuSeconds:F2} s, CPU {cpuSeconds:F2} s wall"));
+            results.Add(new Measurement($"{w.Rows}x{w.Columns} NF{bits} r64 T5 error, GPU", device.RelativeError, string.Empty, $"CPU {cpu.RelativeError:F4} ({gap:+0.00%;-0.00%}); GPU {gpuSeconds:F2} s, CPU {cpuSeconds:F2} s wall"));
         }
 
         return results;
@@ -102,7 +136,7 @@ internal static class DeviceBenchmarks
             var quantizer = new NormalFloatQuantizer(4, 64, search);
             int count = blocks * Llama7BBlock.Length;
             var errors = new double[count];
-            gpu.Run(weights[(4096, 4096)], quantizer, 64, 1, 0, false).Dispose(); // warm-up: every lane's first use is outside the timing
+            gpu.Run(weights[Llama7BBlock[0]], quantizer, 64, 1, 0, false).Dispose(); // warm-up: every lane's first use is outside the timing
             var clock = Stopwatch.StartNew();
             Parallel.For(0, count, new ParallelOptions { MaxDegreeOfParallelism = gpu.Concurrency }, i =>
             {

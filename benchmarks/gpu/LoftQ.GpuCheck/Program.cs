@@ -63,6 +63,7 @@ using (gpu)
     {
         Measure(() => DeviceBenchmarks.Quantizer(gpu));
         Measure(() => DeviceBenchmarks.Sgemm(gpu));
+        Measure(() => DeviceBenchmarks.Profile(gpu));
         Measure(() => DeviceBenchmarks.Agreement4096(gpu));
         Measure(() => DeviceBenchmarks.Llama7B(gpu, blocks, null));
         Measure(() => DeviceBenchmarks.Llama7BConcurrent(gpu, blocks, null));
