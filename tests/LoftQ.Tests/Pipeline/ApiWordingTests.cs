@@ -136,8 +136,9 @@ public sealed class ApiWordingTests
         Assert.Equal("weight", settings["objective"]!.GetValue<string>());
         Assert.True(settings.ContainsKey("calibration") && settings["calibration"] is null);
         Assert.Equal(JsonValueKind.False, settings["low_rank_first"]!.GetValueKind());
+        Assert.Equal("cpu", settings["device"]!.GetValue<string>());
         Assert.Equal(
-            ["alpha", "bit_budget", "bits", "block_size", "calibration", "double_quant", "format", "iters", "low_rank_first", "objective", "policy", "quantizer", "rank", "scale_search", "seed", "solver", "threads"],
+            ["alpha", "bit_budget", "bits", "block_size", "calibration", "device", "double_quant", "format", "iters", "low_rank_first", "objective", "policy", "quantizer", "rank", "scale_search", "seed", "solver", "threads"],
             settings.Select(kv => kv.Key).Order(StringComparer.Ordinal));
 
         LoftQReport back = LoftQReport.FromJson(json);
