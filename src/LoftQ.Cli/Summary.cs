@@ -39,7 +39,7 @@ internal static class Summary
             string.Empty, string.Empty);
         console.Write(table);
         console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"Mean relative error ||W - Q - BA|| / ||W||: QLoRA {report.MeanQLoRAError:F4} -> LoftQ {report.MeanLoftQError:F4} ({report.Settings.Policy}, r={report.Settings.Rank}, T={report.Settings.Iterations}) in {report.Seconds:F2} s"));
+            $"Mean relative error ||W - Q - BA|| / ||W||: QLoRA {report.MeanQLoRAError:F4} -> LoftQ {report.MeanLoftQError:F4} ({report.Settings.Policy}, r={report.Settings.Rank}, T={report.Settings.Iterations}) in {report.Seconds:F2} s{(report.Settings.Device == "cpu" ? string.Empty : " on " + report.Settings.Device)}"));
         console.WriteLine($"Output: {report.Output}");
         console.WriteLine("  backbone        config + quantized weights (same sharding as the input)");
         console.WriteLine("  loftq_init/     PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors)");

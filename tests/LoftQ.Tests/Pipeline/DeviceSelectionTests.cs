@@ -184,4 +184,18 @@ public sealed class DeviceSelectionTests
         CheckpointPipeline.OnDedicatedThreads(50, 4, i => Interlocked.Increment(ref seen[i]));
         Assert.All(seen, c => Assert.Equal(1, c));
     }
+
+    [Fact]
+    public void TheCliSummaryNamesTheDeviceTheLoopsRanOn()
+    {
+        using var dir = new TempDirectory();
+        Accelerators.ProviderOverride = () => new FakeProvider(new FakeAccelerator());
+        var stdout = new StringWriter();
+        var stderr = new StringWriter();
+        int code = LoftQNet.Cli.CliApp.Run(
+            ["quantize", TestData.Model, "--out", dir.Combine("out"), "--bits", "2", "--rank", "4", "--iters", "1", "--targets", "k_proj", "--device", "cuda"],
+            stdout, stderr, interactive: false);
+        Assert.True(code == 0, stderr.ToString());
+        Assert.Contains(" s on fake:0 Test GPU", stdout.ToString(), StringComparison.Ordinal);
+    }
 }
