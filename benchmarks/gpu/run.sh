@@ -32,8 +32,9 @@ m = {x["name"]: x["value"] for x in gpu["measurements"]}
 def find(prefix):
     return next((v for k, v in m.items() if k.startswith(prefix)), None)
 rows = []
-bw = find("  effective bandwidth (absmax)")
-if bw: rows.append(("NF4 quantize+dequantize 4096x11008, GB/s (higher is better)", bw, ref["nf4_quantize_dequantize_gb_s"], bw / ref["nf4_quantize_dequantize_gb_s"]))
+for variant in ("absmax, Q out", "absmax, W-Q out", "absmax, codes only"):
+    bw = find(f"  effective bandwidth ({variant})")
+    if bw: rows.append((f"NF4 quantize 4096x11008 ({variant}), fp32 GB/s in (higher is better)", bw, ref["nf4_quantize_dequantize_gb_s"], bw / ref["nf4_quantize_dequantize_gb_s"]))
 for key, label in (("Llama-7B-shaped", "one lane, compute"), ("Llama-7B-shaped", "lanes: wall")):
     value = next((v for k, v in m.items() if k.startswith(key) and k.endswith(label.split(", ")[-1]) and ("lanes" in k) == ("lanes" in label)), None)
     if value: rows.append((f"Llama-7B-shaped LoftQ NF4 r64 T5 absmax, {ref['model_matrices']} matrices, s ({label})", value, ref["svd_lowrank_model_s"], ref["svd_lowrank_model_s"] / value))

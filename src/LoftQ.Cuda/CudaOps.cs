@@ -200,9 +200,12 @@ internal sealed unsafe class CudaOps(CudaContext context, CudaLane lane) : IDevi
         return milliseconds / repetitions;
     }
 
-    /// <summary>Queues the quantize kernel without reading back the failure flag (benchmarks; see <see cref="Quantize"/>).</summary>
+    /// <summary>
+    /// Queues the quantize kernel without reading back the failure flag (benchmarks; see <see cref="Quantize"/>); a null
+    /// <paramref name="output"/> writes codes and scales only, a null <paramref name="w"/> writes the dequantized values.
+    /// </summary>
     internal void QueueQuantize(
-        DeviceCodec codec, DeviceSpan<float> x, DeviceSpan<float> w, DeviceSpan<float> output, DeviceSpan<byte> codes,
+        DeviceCodec codec, DeviceSpan<float> x, DeviceSpan<float>? w, DeviceSpan<float>? output, DeviceSpan<byte> codes,
         DeviceSpan<float> scales, DeviceSpan<float>? offsets) => LaunchQuantize(codec, x, w, output, codes, scales, offsets);
 
     /// <inheritdoc/>
@@ -234,16 +237,17 @@ internal sealed unsafe class CudaOps(CudaContext context, CudaLane lane) : IDevi
     }
 
     private ulong LaunchQuantize(
-        DeviceCodec codec, DeviceSpan<float> x, DeviceSpan<float> w, DeviceSpan<float> output, DeviceSpan<byte> codes,
+        DeviceCodec codec, DeviceSpan<float> x, DeviceSpan<float>? w, DeviceSpan<float>? output, DeviceSpan<byte> codes,
         DeviceSpan<float> scales, DeviceSpan<float>? offsets)
     {
         long n = x.Length;
-        Check(n, w.Length);
-        Check(n, output.Length);
+        Check(n, w?.Length ?? n);
+        Check(n, output?.Length ?? n);
         Check(n, codes.Length);
         ulong failure = Scalars(16);
         Status.Driver(CudaDriver.cuMemsetD32Async(failure, 0xFFFFFFFFu, 2, Stream));
-        ulong px = Address(x), pw = Address(w), po = Address(output), pc = Address(codes), ps = Address(scales);
+        ulong px = Address(x), pc = Address(codes), ps = Address(scales);
+        ulong pw = w is { } ws ? Address(ws) : 0UL, po = output is { } os ? Address(os) : 0UL;
         ulong poff = offsets is { } off ? Address(off) : 0UL;
         ulong levels = Address(codec.Levels.All), thresholds = Address(codec.Thresholds.All);
         long count = n;

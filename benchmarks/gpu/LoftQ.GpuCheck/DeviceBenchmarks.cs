@@ -23,8 +23,8 @@ internal static class DeviceBenchmarks
 
     public static IEnumerable<Measurement> Quantizer(CudaAccelerator gpu)
     {
-        int Rows = S(4096), Columns = S(11008);
-        long n = (long)Rows * Columns;
+        int rows = S(4096), columns = S(11008);
+        long n = (long)rows * columns;
         var host = new float[n];
         Gaussian.Fill(host, 1, 0.02f);
         var results = new List<Measurement>();
@@ -35,14 +35,22 @@ internal static class DeviceBenchmarks
             using DeviceBuffer<byte> codes = ops.Allocate<byte>(n);
             using DeviceBuffer<float> scales = ops.Allocate<float>(n / 64);
             ops.Upload<float>(host, x.All);
-            foreach ((string name, BlockScaleSearch? search) in new[] { ("absmax", (BlockScaleSearch?)null), ("scale search", BlockScaleSearch.Default) })
+            // The loop's call (reads x and W, writes W - Q and codes), torch's quantize+dequantize (reads x, writes Q and
+            // codes) and the codes alone (reads x, writes codes and scales).
+            foreach ((string name, BlockScaleSearch? search, bool loop, bool dequantize, double bytesPerValue) in new[]
+            {
+                ("absmax, W-Q out", (BlockScaleSearch?)null, true, true, 13.0),
+                ("absmax, Q out", null, false, true, 9.0),
+                ("absmax, codes only", null, false, false, 5.0),
+                ("scale search, W-Q out", BlockScaleSearch.Default, true, true, 13.0),
+            })
             {
                 using DeviceCodec codec = DeviceCodec.Create(ops, new NormalFloatQuantizer(4, 64, search));
-                float ms = ops.TimeMilliseconds(() => ops.QueueQuantize(codec, x.All, x.All, output.All, codes.All, scales.All, null), 20);
+                float ms = ops.TimeMilliseconds(() => ops.QueueQuantize(codec, x.All, loop ? x.All : null, dequantize ? output.All : null, codes.All, scales.All, null), 20);
                 double seconds = ms / 1000.0;
-                results.Add(new Measurement($"NF4 quantize+dequantize {Rows}x{Columns} ({name})", ms, "ms", "CUDA events, mean of 20 after a warm-up"));
+                results.Add(new Measurement($"NF4 quantize {rows}x{columns} ({name})", ms, "ms", "CUDA events, mean of 20 after a warm-up"));
                 results.Add(new Measurement($"  effective bandwidth ({name})", n * 4.0 / seconds / 1e9, "GB/s", "fp32 input bytes / time (as torch's anchor)"));
-                results.Add(new Measurement($"  memory traffic ({name})", n * (4.0 + 4.0 + 4.0 + 1.0) / seconds / 1e9, "GB/s", "reads x and W, writes W-Q and codes"));
+                results.Add(new Measurement($"  memory traffic ({name})", n * bytesPerValue / seconds / 1e9, "GB/s", $"{bytesPerValue} bytes moved per value"));
             }
         }
 
@@ -51,15 +59,16 @@ internal static class DeviceBenchmarks
 
     public static IEnumerable<Measurement> Sgemm(CudaAccelerator gpu)
     {
-        int L = 72, M = S(11008), N = S(4096);
+        // U (ℓ×m) · M (m×n): one subspace pass over an 11008×4096 weight.
+        int l = 72, m = S(11008), n = S(4096);
         using (CudaAccelerator.Lease lane = gpu.Take())
         {
             CudaOps ops = lane.Ops;
-            using DeviceBuffer<float> u = ops.Allocate<float>((long)L * M), w = ops.Allocate<float>((long)M * N), c = ops.Allocate<float>((long)L * N);
+            using DeviceBuffer<float> u = ops.Allocate<float>((long)l * m), w = ops.Allocate<float>((long)m * n), c = ops.Allocate<float>((long)l * n);
             ops.FillGaussian(u.All, 1, 0);
             ops.FillGaussian(w.All, 2, 0);
-            float ms = ops.TimeMilliseconds(() => ops.Gemm(Transpose.No, Transpose.No, L, N, M, 1f, u.All, M, w.All, N, 0f, c.All, N), 20);
-            return [new Measurement($"SGEMM {L}x{M} · {M}x{N}", 2.0 * L * M * N / (ms / 1000.0) / 1e12, "TFLOP/s", $"{ms:F3} ms per product")];
+            float ms = ops.TimeMilliseconds(() => ops.Gemm(Transpose.No, Transpose.No, l, n, m, 1f, u.All, m, w.All, n, 0f, c.All, n), 20);
+            return [new Measurement($"SGEMM {l}x{m} · {m}x{n}", 2.0 * l * m * n / (ms / 1000.0) / 1e12, "TFLOP/s", $"{ms:F3} ms per product")];
         }
     }
 
