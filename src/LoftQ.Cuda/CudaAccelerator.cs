@@ -49,6 +49,9 @@ internal sealed class CudaAccelerator : ILoftQAccelerator
 
     public string Name => $"cuda:{Gpu.Ordinal} {Gpu.Name}";
 
+    /// <summary>How each solve splits its small problem (<c>LOFTQ_CUDA_SMALL_STEP</c> = svd or gram; svd by default).</summary>
+    internal SmallStepKind SmallStep { get; set; } = SmallStepKind.Svd;
+
     /// <summary>Runs that can proceed at once (one per lane).</summary>
     public int Concurrency => _lanes.Count;
 
@@ -67,7 +70,7 @@ internal sealed class CudaAccelerator : ILoftQAccelerator
 
         using Lease lease = Take();
         DeviceCodec codec = lease.Lane.Codec((BlockwiseQuantizer)quantizer);
-        return new DeviceLoftQ(lease.Ops).Run(weight, codec, rank, iterations, seed, lowRankFirst);
+        return new DeviceLoftQ(lease.Ops) { SmallStep = SmallStep }.Run(weight, codec, rank, iterations, seed, lowRankFirst);
     }
 
     /// <summary>

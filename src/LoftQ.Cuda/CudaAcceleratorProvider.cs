@@ -1,3 +1,4 @@
+using LoftQNet.Cuda.Device;
 using LoftQNet.Optimization;
 
 namespace LoftQNet.Cuda;
@@ -39,6 +40,22 @@ internal sealed class CudaAcceleratorProvider : ILoftQAcceleratorProvider
             return null;
         }
 
+        SmallStepKind smallStep = SmallStepKind.Svd;
+        if (Environment.GetEnvironmentVariable("LOFTQ_CUDA_SMALL_STEP") is { Length: > 0 } stepText)
+        {
+            switch (stepText)
+            {
+                case "svd":
+                    break;
+                case "gram":
+                    smallStep = SmallStepKind.Gram;
+                    break;
+                default:
+                    reason = $"LOFTQ_CUDA_SMALL_STEP is '{stepText}', but it must be svd or gram";
+                    return null;
+            }
+        }
+
         int ordinal = 0;
         if (Environment.GetEnvironmentVariable("LOFTQ_CUDA_DEVICE") is { Length: > 0 } chosen
             && (!int.TryParse(chosen, System.Globalization.CultureInfo.InvariantCulture, out ordinal) || ordinal < 0 || ordinal >= probe.Devices.Count))
@@ -50,7 +67,7 @@ internal sealed class CudaAcceleratorProvider : ILoftQAcceleratorProvider
         try
         {
             reason = string.Empty;
-            return new CudaAccelerator(probe.Devices[ordinal], lanes);
+            return new CudaAccelerator(probe.Devices[ordinal], lanes) { SmallStep = smallStep };
         }
         catch (CudaException e)
         {

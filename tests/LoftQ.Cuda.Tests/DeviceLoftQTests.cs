@@ -224,4 +224,39 @@ public sealed class DeviceLoftQTests
         Assert.Equal(1 + (2 * 3), profiling.Categories["upload"].Calls); // W once, then the small left and right factors per solve
         Assert.True(profiling.Categories["qr"].Calls >= 3 * 4);
     }
+
+    [Theory]
+    [InlineData(4, 96, 160, 8, 5)]
+    [InlineData(2, 160, 96, 16, 4)]
+    [InlineData(2, 128, 128, 56, 3)]
+    public void GramSmallStepStaysWithinTheCpuPathsErrors(int bits, int rows, int columns, int rank, int iterations)
+    {
+        using Matrix w = Gaussian(rows, columns, seed: 31 + bits);
+        var quantizer = new NormalFloatQuantizer(bits, 64, BlockScaleSearch.Default);
+        var ops = new HostDeviceOps();
+        using DeviceCodec codec = DeviceCodec.Create(ops, quantizer);
+        int tableBuffers = ops.LiveBuffers;
+        using LoftQResult gram = new DeviceLoftQ(ops) { SmallStep = SmallStepKind.Gram }.Run(w, codec, rank, iterations, seed: 4, lowRankFirst: false);
+        using LoftQResult cpu = new AlternatingOptimizer(quantizer, new RandomizedSvdSolver(seed: 4)) { Seed = 4 }.Run(w, rank, iterations);
+        for (int t = 0; t < iterations; t++)
+        {
+            Assert.True(Math.Abs(cpu.ErrorTrace[t] - gram.ErrorTrace[t]) <= 3e-3 * cpu.ErrorTrace[t], $"pass {t + 1}: cpu {cpu.ErrorTrace[t]} gram {gram.ErrorTrace[t]}");
+        }
+
+        Assert.All(gram.A.Span.ToArray(), v => Assert.True(float.IsFinite(v)));
+        Assert.Equal(tableBuffers, ops.LiveBuffers);
+    }
+
+    [Fact]
+    public void GramSmallStepFallsBackOnARankDeficientResidual()
+    {
+        // A zero weight: the residual has no spectrum, so √σ cannot be divided by; the SVD step takes over.
+        using Matrix w = Matrix.Zeros(64, 128);
+        var ops = new HostDeviceOps();
+        using DeviceCodec codec = DeviceCodec.Create(ops, new NormalFloatQuantizer(4, 64));
+        using LoftQResult result = new DeviceLoftQ(ops) { SmallStep = SmallStepKind.Gram }.Run(w, codec, 8, 2, seed: 0, lowRankFirst: false);
+        Assert.All(result.A.Span.ToArray(), v => Assert.True(float.IsFinite(v)));
+        Assert.All(result.B.Span.ToArray(), v => Assert.Equal(0f, v));
+        Assert.Equal(0, result.RelativeError);
+    }
 }

@@ -21,7 +21,7 @@ public sealed class FakeCudaStackTests(FakeCudaStackTests.Stack stack) : IClassF
         Assert.True(code == 0, output);
         Assert.Contains("| pass | exports |", output, StringComparison.Ordinal);
         Assert.Contains("| pass | open | ", output, StringComparison.Ordinal);
-        foreach (string check in new[] { "quantize-bitwise", "gemm", "orthonormalize", "gaussian", "sum-squares", "loftq-agreement", "lanes-agree", "no-leaks" })
+        foreach (string check in new[] { "quantize-bitwise", "gemm", "orthonormalize", "gaussian", "sum-squares", "loftq-agreement", "gram-agreement", "lanes-agree", "no-leaks" })
         {
             Assert.Contains($"| pass | {check} |", output, StringComparison.Ordinal);
         }

@@ -47,6 +47,9 @@ public sealed class GpuTests : IDisposable
     public void LoftQLoopAgreesWithTheCpuWithinHalfAPercent() => AssertPassed(DeviceChecks.LoftQAgreesWithCpu(_gpu!));
 
     [GpuFact]
+    public void GramSmallStepAgreesWithTheCpuWithinHalfAPercent() => AssertPassed(DeviceChecks.GramAgreesWithCpu(_gpu!));
+
+    [GpuFact]
     public void ConcurrentRunsOnAllLanesAgreeWithARunAlone() => AssertPassed(DeviceChecks.LanesAgree(_gpu!));
 
     [GpuFact]

@@ -157,7 +157,7 @@ internal static class DeviceBenchmarks
             string label = search is null ? "absmax" : "scale search";
             return
             [
-                new($"Llama-7B-shaped, {count} matrices, NF4 r64 T5 ({label}), {gpu.Concurrency} lanes: wall", wall, "s", "uploads, compute and downloads of all matrices, overlapped across lanes"),
+                new($"Llama-7B-shaped, {count} matrices, NF4 r64 T5 ({label}), {gpu.Concurrency} lanes, {gpu.SmallStep.ToString().ToLowerInvariant()} step: wall", wall, "s", "uploads, compute and downloads of all matrices, overlapped across lanes"),
                 new("  mean relative error", errors.Average(), string.Empty, $"min {errors.Min():F4} max {errors.Max():F4}"),
             ];
         }

@@ -84,6 +84,7 @@ internal static class DeviceChecks
         ("gaussian", GaussianFill),
         ("sum-squares", SumOfSquares),
         ("loftq-agreement", LoftQAgreesWithCpu),
+        ("gram-agreement", GramAgreesWithCpu),
         ("lanes-agree", LanesAgree),
     ];
 
@@ -370,7 +371,24 @@ internal static class DeviceChecks
         return (relative < 1e-9, $"relative difference from a double host sum {relative:E2}");
     });
 
-    public static CheckResult LoftQAgreesWithCpu(CudaAccelerator gpu) => Timed("loftq-agreement", () =>
+    public static CheckResult LoftQAgreesWithCpu(CudaAccelerator gpu) => Timed("loftq-agreement", () => Agreement(gpu));
+
+    /// <summary>As <see cref="LoftQAgreesWithCpu"/> with the Gram small step (<see cref="SmallStepKind.Gram"/>).</summary>
+    public static CheckResult GramAgreesWithCpu(CudaAccelerator gpu) => Timed("gram-agreement", () =>
+    {
+        SmallStepKind before = gpu.SmallStep;
+        gpu.SmallStep = SmallStepKind.Gram;
+        try
+        {
+            return Agreement(gpu);
+        }
+        finally
+        {
+            gpu.SmallStep = before;
+        }
+    });
+
+    private static (bool Passed, string Detail) Agreement(CudaAccelerator gpu)
     {
         var lines = new List<string>();
         bool passed = true;
@@ -392,7 +410,7 @@ internal static class DeviceChecks
         }
 
         return (passed, string.Join("; ", lines));
-    });
+    }
 
     /// <summary>
     /// The same matrix on every lane at once gives the same result as alone: nothing (scratch, workspaces, code

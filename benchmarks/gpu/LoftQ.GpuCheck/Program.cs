@@ -68,6 +68,9 @@ using (gpu)
         Measure(() => DeviceBenchmarks.Llama7B(gpu, blocks, null));
         Measure(() => DeviceBenchmarks.Llama7BConcurrent(gpu, blocks, null));
         Measure(() => DeviceBenchmarks.Llama7BConcurrent(gpu, blocks, LoftQNet.Quantization.BlockScaleSearch.Default));
+        gpu.SmallStep = LoftQNet.Cuda.Device.SmallStepKind.Gram; // the faster host step, for comparison
+        Measure(() => DeviceBenchmarks.Llama7BConcurrent(gpu, blocks, null));
+        gpu.SmallStep = LoftQNet.Cuda.Device.SmallStepKind.Svd;
     }
 }
 

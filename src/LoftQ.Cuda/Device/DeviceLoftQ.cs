@@ -12,6 +12,9 @@ namespace LoftQNet.Cuda.Device;
 /// </summary>
 internal sealed class DeviceLoftQ(IDeviceOps ops)
 {
+    /// <summary>How the randomized solver splits its small problem (<see cref="SmallStepKind.Svd"/>, as the CPU path, by default).</summary>
+    public SmallStepKind SmallStep { get; init; } = SmallStepKind.Svd;
+
     /// <summary>When set, each run adds the seconds it spent uploading, computing and downloading (benchmarks).</summary>
     public DeviceRunTimings? Timings { get; init; }
 
@@ -70,7 +73,7 @@ internal sealed class DeviceLoftQ(IDeviceOps ops)
         using DeviceBuffer<byte> bestCodes = ops.Allocate<byte>(count);
         using DeviceBuffer<float> bestScales = ops.Allocate<float>(blocks);
         using DeviceBuffer<float>? bestOffsets = codec.Asymmetric ? ops.Allocate<float>(blocks) : null;
-        var solver = new DeviceRandomizedSvd(ops, seed: seed);
+        var solver = new DeviceRandomizedSvd(ops, seed: seed) { SmallStep = SmallStep };
         var trace = new List<double>(iterations);
         DeviceFactors? previous = null, best = null;
         double bestError = double.PositiveInfinity, qloraError = double.NaN;
