@@ -132,42 +132,25 @@ internal static class DeviceBenchmarks
     /// </summary>
     public static IEnumerable<Measurement> Llama7BConcurrent(CudaAccelerator gpu, int blocks, BlockScaleSearch? search)
     {
-        var weights = new Dictionary<(int, int), Matrix>();
-        try
+        using var weights = new ModelWeights();
+        var quantizer = new NormalFloatQuantizer(4, 64, search);
+        int count = blocks * Llama7BBlock.Length;
+        var errors = new double[count];
+        gpu.Run(weights[Llama7BBlock[0]], quantizer, 64, 1, 0, false).Dispose(); // warm-up: every lane's first use is outside the timing
+        var clock = Stopwatch.StartNew();
+        Parallel.For(0, count, new ParallelOptions { MaxDegreeOfParallelism = gpu.Concurrency }, i =>
         {
-            foreach ((int rows, int columns) in Llama7BBlock.Distinct())
-            {
-                var m = Matrix.Uninitialized(rows, columns);
-                Gaussian.Fill(m.Span, rows * 31 + columns, 0.02f);
-                weights[(rows, columns)] = m;
-            }
-
-            var quantizer = new NormalFloatQuantizer(4, 64, search);
-            int count = blocks * Llama7BBlock.Length;
-            var errors = new double[count];
-            gpu.Run(weights[Llama7BBlock[0]], quantizer, 64, 1, 0, false).Dispose(); // warm-up: every lane's first use is outside the timing
-            var clock = Stopwatch.StartNew();
-            Parallel.For(0, count, new ParallelOptions { MaxDegreeOfParallelism = gpu.Concurrency }, i =>
-            {
-                (int rows, int columns) = Llama7BBlock[i % Llama7BBlock.Length];
-                using LoftQResult r = gpu.Run(weights[(rows, columns)], quantizer, 64, 5, seed: i / Llama7BBlock.Length, lowRankFirst: false);
-                errors[i] = r.RelativeError;
-            });
-            double wall = clock.Elapsed.TotalSeconds;
-            string label = search is null ? "absmax" : "scale search";
-            return
-            [
-                new($"Llama-7B-shaped, {count} matrices, NF4 r64 T5 ({label}), {gpu.Concurrency} lanes, {gpu.SmallStep.ToString().ToLowerInvariant()} step: wall", wall, "s", "uploads, compute and downloads of all matrices, overlapped across lanes"),
-                new("  mean relative error", errors.Average(), string.Empty, $"min {errors.Min():F4} max {errors.Max():F4}"),
-            ];
-        }
-        finally
-        {
-            foreach (Matrix m in weights.Values)
-            {
-                m.Dispose();
-            }
-        }
+            (int rows, int columns) = Llama7BBlock[i % Llama7BBlock.Length];
+            using LoftQResult r = gpu.Run(weights[(rows, columns)], quantizer, 64, 5, seed: i / Llama7BBlock.Length, lowRankFirst: false);
+            errors[i] = r.RelativeError;
+        });
+        double wall = clock.Elapsed.TotalSeconds;
+        string label = search is null ? "absmax" : "scale search";
+        return
+        [
+            new($"Llama-7B-shaped, {count} matrices, NF4 r64 T5 ({label}), {gpu.Concurrency} lanes, {gpu.SmallStep.ToString().ToLowerInvariant()} step: wall", wall, "s", "uploads, compute and downloads of all matrices, overlapped across lanes"),
+            new("  mean relative error", errors.Average(), string.Empty, $"min {errors.Min():F4} max {errors.Max():F4}"),
+        ];
     }
 
     /// <summary>
@@ -177,66 +160,75 @@ internal static class DeviceBenchmarks
     /// </summary>
     public static IEnumerable<Measurement> Llama7B(CudaAccelerator gpu, int blocks, BlockScaleSearch? search)
     {
-        var weights = new Dictionary<(int, int), Matrix>();
-        try
+        using var weights = new ModelWeights();
+        var quantizer = new NormalFloatQuantizer(4, 64, search);
+        var timings = new DeviceRunTimings();
+        var perShape = new Dictionary<(int, int), List<double>>();
+        var errors = new List<double>();
+        var clock = Stopwatch.StartNew();
+        using (CudaAccelerator.Lease lane = gpu.Take())
+        {
+            CudaOps ops = lane.Ops;
+            var loop = new DeviceLoftQ(ops) { Timings = timings };
+            DeviceCodec codec = DeviceCodec.Create(ops, quantizer);
+            try
+            {
+                for (int b = 0; b < blocks; b++)
+                {
+                    foreach ((int rows, int columns) in Llama7BBlock)
+                    {
+                        double before = timings.ComputeSeconds;
+                        using LoftQResult r = loop.Run(weights[(rows, columns)], codec, 64, 5, seed: b, lowRankFirst: false);
+                        errors.Add(r.RelativeError);
+                        (perShape.TryGetValue((rows, columns), out List<double>? list) ? list : perShape[(rows, columns)] = []).Add(timings.ComputeSeconds - before);
+                    }
+                }
+            }
+            finally
+            {
+                codec.Dispose();
+            }
+        }
+
+        double wall = clock.Elapsed.TotalSeconds;
+        string label = search is null ? "absmax" : "scale search";
+        var results = new List<Measurement>
+        {
+            new($"Llama-7B-shaped, {blocks * 7} matrices, NF4 r64 T5 ({label}): compute", timings.ComputeSeconds, "s", "device time after each upload to the end of its last pass"),
+            new("  upload (pageable host → device)", timings.UploadSeconds, "s", "all weights"),
+            new("  download (packed Q, scales, A, B)", timings.DownloadSeconds, "s", "all results"),
+            new("  wall, including host work", wall, "s", string.Empty),
+            new("  mean relative error", errors.Average(), string.Empty, $"min {errors.Min():F4} max {errors.Max():F4}"),
+        };
+        foreach (((int rows, int columns), List<double> seconds) in perShape)
+        {
+            seconds.Sort();
+            results.Add(new Measurement($"  {rows}x{columns} compute, median", seconds[seconds.Count / 2] * 1000, "ms", $"{seconds.Count} runs"));
+        }
+
+        return results;
+    }
+
+    /// <summary>One Gaussian × 0.02 matrix per shape of <see cref="Llama7BBlock"/>, reused by every block of the model.</summary>
+    private sealed class ModelWeights : IDisposable
+    {
+        private readonly Dictionary<(int, int), Matrix> _weights = [];
+
+        public ModelWeights()
         {
             foreach ((int rows, int columns) in Llama7BBlock.Distinct())
             {
                 var m = Matrix.Uninitialized(rows, columns);
-                Gaussian.Fill(m.Span, rows * 31 + columns, 0.02f);
-                weights[(rows, columns)] = m;
+                Gaussian.Fill(m.Span, (rows * 31) + columns, 0.02f);
+                _weights[(rows, columns)] = m;
             }
-
-            var quantizer = new NormalFloatQuantizer(4, 64, search);
-            var timings = new DeviceRunTimings();
-            var perShape = new Dictionary<(int, int), List<double>>();
-            var errors = new List<double>();
-            var clock = Stopwatch.StartNew();
-            using (CudaAccelerator.Lease lane = gpu.Take())
-            {
-                CudaOps ops = lane.Ops;
-                var loop = new DeviceLoftQ(ops) { Timings = timings };
-                DeviceCodec codec = DeviceCodec.Create(ops, quantizer);
-                try
-                {
-                    for (int b = 0; b < blocks; b++)
-                    {
-                        foreach ((int rows, int columns) in Llama7BBlock)
-                        {
-                            double before = timings.ComputeSeconds;
-                            using LoftQResult r = loop.Run(weights[(rows, columns)], codec, 64, 5, seed: b, lowRankFirst: false);
-                            errors.Add(r.RelativeError);
-                            (perShape.TryGetValue((rows, columns), out List<double>? list) ? list : perShape[(rows, columns)] = []).Add(timings.ComputeSeconds - before);
-                        }
-                    }
-                }
-                finally
-                {
-                    codec.Dispose();
-                }
-            }
-
-            double wall = clock.Elapsed.TotalSeconds;
-            string label = search is null ? "absmax" : "scale search";
-            var results = new List<Measurement>
-            {
-                new($"Llama-7B-shaped, {blocks * 7} matrices, NF4 r64 T5 ({label}): compute", timings.ComputeSeconds, "s", "device time after each upload to the end of its last pass"),
-                new("  upload (pageable host → device)", timings.UploadSeconds, "s", "all weights"),
-                new("  download (packed Q, scales, A, B)", timings.DownloadSeconds, "s", "all results"),
-                new("  wall, including host work", wall, "s", string.Empty),
-                new("  mean relative error", errors.Average(), string.Empty, $"min {errors.Min():F4} max {errors.Max():F4}"),
-            };
-            foreach (((int rows, int columns), List<double> seconds) in perShape)
-            {
-                seconds.Sort();
-                results.Add(new Measurement($"  {rows}x{columns} compute, median", seconds[seconds.Count / 2] * 1000, "ms", $"{seconds.Count} runs"));
-            }
-
-            return results;
         }
-        finally
+
+        public Matrix this[(int Rows, int Columns) shape] => _weights[shape];
+
+        public void Dispose()
         {
-            foreach (Matrix m in weights.Values)
+            foreach (Matrix m in _weights.Values)
             {
                 m.Dispose();
             }

@@ -268,6 +268,34 @@ __device__ __forceinline__ void loftq_load(const float* __restrict__ p, int coun
     }
 }
 
+// Stores the first `count` of V values at p: one vector store (Vec has members x, y, z, w) when all four are there.
+template <int V, class Vec, class T>
+__device__ __forceinline__ void loftq_store(T* __restrict__ p, int count, const T (&v)[V])
+{
+    if constexpr (V == 4)
+    {
+        if (count >= 4)
+        {
+            Vec q;
+            q.x = v[0];
+            q.y = v[1];
+            q.z = v[2];
+            q.w = v[3];
+            *reinterpret_cast<Vec*>(p) = q;
+            return;
+        }
+    }
+
+#pragma unroll
+    for (int k = 0; k < V; ++k)
+    {
+        if (k < count)
+        {
+            p[k] = v[k];
+        }
+    }
+}
+
 template <int V>
 __device__ __forceinline__ void loftq_scan(const float (&v)[V], int count, long long index, bool asymmetric, loftq_stats& s)
 {
@@ -299,32 +327,7 @@ __device__ __forceinline__ void loftq_emit(
 
     if (codes != nullptr)
     {
-        bool done = false;
-        if constexpr (V == 4)
-        {
-            if (count >= 4)
-            {
-                loftq_byte4 b;
-                b.x = c[0];
-                b.y = c[1];
-                b.z = c[2];
-                b.w = c[3];
-                *reinterpret_cast<loftq_byte4*>(codes + index) = b;
-                done = true;
-            }
-        }
-
-        if (!done)
-        {
-#pragma unroll
-            for (int k = 0; k < V; ++k)
-            {
-                if (k < count)
-                {
-                    codes[index + k] = c[k];
-                }
-            }
-        }
+        loftq_store<V, loftq_byte4>(codes + index, count, c);
     }
 
     if (out != nullptr)
@@ -340,32 +343,7 @@ __device__ __forceinline__ void loftq_emit(
             }
         }
 
-        bool done = false;
-        if constexpr (V == 4)
-        {
-            if (count >= 4)
-            {
-                loftq_float4 q;
-                q.x = y[0];
-                q.y = y[1];
-                q.z = y[2];
-                q.w = y[3];
-                *reinterpret_cast<loftq_float4*>(out + index) = q;
-                done = true;
-            }
-        }
-
-        if (!done)
-        {
-#pragma unroll
-            for (int k = 0; k < V; ++k)
-            {
-                if (k < count)
-                {
-                    out[index + k] = y[k];
-                }
-            }
-        }
+        loftq_store<V, loftq_float4>(out + index, count, y);
     }
 }
 
