@@ -66,6 +66,11 @@ public static class LoftQModelInitializer
         /// <returns>The per-layer report (<see cref="LoftQReport.Output"/> is <c>(in memory)</c>).</returns>
         /// <exception cref="ArgumentException">An option is invalid, no <c>Linear</c> matches the targets (for instance because the model was already initialised: LoRA layers are not candidates), or a weight holds NaN or infinity (the message names the module).</exception>
         /// <exception cref="InvalidOperationException">A target is held where a <see cref="LoraLinear"/> cannot go (the message names the field and the fix).</exception>
+        /// <exception cref="DeviceUnavailableException"><see cref="LoftQOptions.Device"/> is <see cref="ComputeDevice.Cuda"/> and no usable GPU backend was found (the model is unchanged).</exception>
+        /// <remarks>
+        /// With <see cref="LoftQOptions.Device"/> set to Cuda or Auto, the layers the managed engine computes run on the
+        /// GPU backend when the application references the LoftQ.Cuda package, exactly as in the checkpoint pipeline.
+        /// </remarks>
         public static LoftQReport Initialize(
             Module model, LoftQOptions? options = null, IProgress<LoftQProgress>? progress = null,
             LoftQModelOptions? modelOptions = null, CancellationToken cancellationToken = default) =>
@@ -147,7 +152,13 @@ public static class LoftQModelInitializer
         }
 
         CheckDropout(modelOptions);
-        (LoftQPlan plan, List<(string Path, Linear Linear, ModuleSlot Slot)> slots) = Prepare(model, options, modelOptions);
+        (LoftQPlan prepared, List<(string Path, Linear Linear, ModuleSlot Slot)> slots) = Prepare(model, options, modelOptions);
+
+        // LoftQOptions.Device: the layers the managed engine computes (host copies of the weights) go to the GPU backend
+        // when the application ships LoftQ.Cuda, as in the checkpoint pipeline.
+        using ILoftQAccelerator? accelerator = Accelerators.Select(
+            options, message => progress?.Report(new LoftQProgress(LoftQProgressKind.Notice, 0, slots.Count, Message: message)));
+        LoftQPlan plan = accelerator is null ? prepared : prepared.WithAccelerator(accelerator);
         progress?.Report(new LoftQProgress(LoftQProgressKind.Started, 0, slots.Count));
         // This run's thread count flows with the call; the process-wide ComputeSettings.MaxThreads is never changed.
         using ComputeSettings.ThreadScope threads = options.Threads is int t ? ComputeSettings.UseThreads(t) : default;

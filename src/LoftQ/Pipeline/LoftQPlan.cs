@@ -59,6 +59,9 @@ public sealed class LoftQPlan
     /// </summary>
     internal ILoftQAccelerator? Accelerator { get; init; }
 
+    /// <summary>This plan with <paramref name="accelerator"/> running each target's loop where it can (same policy and options).</summary>
+    internal LoftQPlan WithAccelerator(ILoftQAccelerator accelerator) => new(Options, LayerCount, Policy) { Accelerator = accelerator };
+
     /// <summary>Decoder layers the policy was built for.</summary>
     public int LayerCount { get; }
 

@@ -10,8 +10,10 @@ namespace LoftQNet.Tests.Pipeline;
 /// LoftQOptions.Device: how the core picks the GPU backend it finds at run time, falls back, refuses, and hands it the
 /// targets. A fake accelerator (the CPU optimizer behind the seam) stands in for the GPU.
 /// </summary>
-public sealed class DeviceSelectionTests
+public sealed class DeviceSelectionTests : IDisposable
 {
+    public void Dispose() => Accelerators.ProviderOverride = null;
+
     /// <summary>Runs the CPU optimizer with the randomized solver, counting calls (what the GPU computes, within rounding).</summary>
     private sealed class FakeAccelerator(Func<IQuantizer, string?>? unsupported = null) : ILoftQAccelerator
     {
