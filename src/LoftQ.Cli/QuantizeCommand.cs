@@ -43,7 +43,7 @@ internal static class QuantizeCommand
         var threads = new Option<int?>("--threads") { Description = "Threads to use (default: all processors, or LOFTQ_NUM_THREADS)." };
         var overwrite = new Option<bool>("--overwrite") { Description = "Replace an existing output directory once the new one is complete." };
         var json = new Option<bool>("--json") { Description = "Print the report as JSON on stdout (progress goes to stderr)." };
-        var device = new Option<string>("--device") { Description = "Where each target's LoftQ loop runs: cpu, cuda (an NVIDIA GPU through the CUDA libraries on the machine; an error when there is none) or auto (the GPU when it can, else the CPU with a one-line note). 'loftq describe' says what was found.", DefaultValueFactory = _ => "cpu" };
+        var device = new Option<string>("--device") { Description = "Where each target's LoftQ loop runs: cpu, cuda (an NVIDIA GPU through the CUDA libraries on the machine; an error when there is none) or auto (the GPU when it can, else the CPU with a one-line note). 'loftq describe' says what was found. The GPU path is not yet verified on a GPU and stays off unless LOFTQ_CUDA_UNVERIFIED=1 (docs/gpu.md).", DefaultValueFactory = _ => "cpu" };
         device.AcceptOnlyFromAmong("cpu", "cuda", "auto");
 
         var command = new Command("quantize", "LoftQ-initialise a checkpoint: quantized backbone + PEFT LoRA adapter (loftq_init/) + loftq_report.json.")
