@@ -30,7 +30,7 @@ internal sealed class CudaAccelerator : ILoftQAccelerator
         {
             for (int i = 0; i < lanes; i++)
             {
-                var lane = new CudaLane(_context, i);
+                var lane = new CudaLane(_context);
                 _lanes.Add(lane);
                 _free.Add(lane);
             }

@@ -14,10 +14,8 @@ internal sealed class CudaLane : IDisposable
 {
     private readonly Dictionary<BlockwiseQuantizer, DeviceCodec> _codecs = new(ReferenceEqualityComparer.Instance);
 
-    public CudaLane(CudaContext context, int index)
+    public CudaLane(CudaContext context)
     {
-        Context = context;
-        Index = index;
         context.MakeCurrent();
         nint ctx = context.Context;
         Status.Driver(CudaDriver.cuStreamCreate(out nint stream, CudaDriver.CU_STREAM_NON_BLOCKING));
@@ -33,10 +31,6 @@ internal sealed class CudaLane : IDisposable
         Status.Rand(Curand.curandSetStream(random, stream));
         Ops = new CudaOps(context, this);
     }
-
-    public CudaContext Context { get; }
-
-    public int Index { get; }
 
     public StreamHandle Stream { get; }
 

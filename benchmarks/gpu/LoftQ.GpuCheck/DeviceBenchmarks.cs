@@ -168,25 +168,17 @@ internal static class DeviceBenchmarks
         var clock = Stopwatch.StartNew();
         using (CudaAccelerator.Lease lane = gpu.Take())
         {
-            CudaOps ops = lane.Ops;
-            var loop = new DeviceLoftQ(ops) { Timings = timings };
-            DeviceCodec codec = DeviceCodec.Create(ops, quantizer);
-            try
+            var loop = new DeviceLoftQ(lane.Ops) { Timings = timings };
+            DeviceCodec codec = lane.Lane.Codec(quantizer);
+            for (int b = 0; b < blocks; b++)
             {
-                for (int b = 0; b < blocks; b++)
+                foreach ((int rows, int columns) in Llama7BBlock)
                 {
-                    foreach ((int rows, int columns) in Llama7BBlock)
-                    {
-                        double before = timings.ComputeSeconds;
-                        using LoftQResult r = loop.Run(weights[(rows, columns)], codec, 64, 5, seed: b, lowRankFirst: false);
-                        errors.Add(r.RelativeError);
-                        (perShape.TryGetValue((rows, columns), out List<double>? list) ? list : perShape[(rows, columns)] = []).Add(timings.ComputeSeconds - before);
-                    }
+                    double before = timings.ComputeSeconds;
+                    using LoftQResult r = loop.Run(weights[(rows, columns)], codec, 64, 5, seed: b, lowRankFirst: false);
+                    errors.Add(r.RelativeError);
+                    (perShape.TryGetValue((rows, columns), out List<double>? list) ? list : perShape[(rows, columns)] = []).Add(timings.ComputeSeconds - before);
                 }
-            }
-            finally
-            {
-                codec.Dispose();
             }
         }
 

@@ -52,26 +52,27 @@ internal static class CheckpointPipeline
 
         IReadOnlyList<string> targets = TargetSelector.Select(checkpoint, options.Targets);
         List<string> warnings = NonMatrixTargetWarnings(checkpoint, options.Targets);
+        void Notice(string message) => progress?.Report(new LoftQProgress(LoftQProgressKind.Notice, 0, targets.Count, Message: message));
         var targetSet = new HashSet<string>(targets, StringComparer.Ordinal);
         bool fanInFanOut = checkpoint.Config.FanInFanOut;
         IQuantizationPolicy? allocated = options.BitBudget is null
             ? null
             : BitAllocator.Allocate(
                 checkpoint, targets, options, fanInFanOut,
-                message => progress?.Report(new LoftQProgress(LoftQProgressKind.Notice, 0, targets.Count, Message: message)),
+                Notice,
                 cancellationToken).Policy;
         using ILoftQAccelerator? accelerator = Accelerators.Select(
-            options, message => progress?.Report(new LoftQProgress(LoftQProgressKind.Notice, 0, targets.Count, Message: message)));
+            options, Notice);
         var plan = new LoftQPlan(options, checkpoint.Config.NumHiddenLayers, allocated) { Accelerator = accelerator };
         IQuantizationPolicy policy = plan.Policy;
         CheckTargets(checkpoint, targets, options, policy, fanInFanOut);
 
         using OutputStaging staging = OutputStaging.Create(
             outputDirectory, modelDirectory, options.Overwrite,
-            message => progress?.Report(new LoftQProgress(LoftQProgressKind.Notice, 0, targets.Count, Message: message)));
+            Notice);
         foreach (string warning in warnings)
         {
-            progress?.Report(new LoftQProgress(LoftQProgressKind.Notice, 0, targets.Count, Message: warning));
+            Notice(warning);
         }
 
         progress?.Report(new LoftQProgress(LoftQProgressKind.Started, 0, targets.Count));
@@ -434,25 +435,8 @@ internal static class CheckpointPipeline
     }
 
     /// <summary>The target's weight as stored (target <paramref name="index"/> of the shard), from <paramref name="prefetcher"/> when one reads ahead.</summary>
-    private static Matrix ReadWeight(SafeTensorsFile file, SafeTensorInfo info, WeightPrefetcher? prefetcher, int index)
-    {
-        if (prefetcher is not null)
-        {
-            return prefetcher.Take(index);
-        }
-
-        var stored = Matrix.Uninitialized((int)info.Shape[0], (int)info.Shape[1]);
-        try
-        {
-            file.ReadAsSingle(info.Name, stored.Span);
-            return stored;
-        }
-        catch
-        {
-            stored.Dispose();
-            throw;
-        }
-    }
+    private static Matrix ReadWeight(SafeTensorsFile file, SafeTensorInfo info, WeightPrefetcher? prefetcher, int index) =>
+        prefetcher is not null ? prefetcher.Take(index) : WeightPrefetcher.Read(file, info);
 
     private static string TorchDTypeName(SafeTensorDType dtype) => dtype switch
     {

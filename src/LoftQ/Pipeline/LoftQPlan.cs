@@ -162,7 +162,7 @@ public sealed class LoftQPlan
     internal LoftQResult Optimize(string tensorName, Matrix weight, IQuantizer quantizer, int iterations, out InputWeighting? weighting)
     {
         int seed = LayerSeed(tensorName);
-        if (Accelerator is { } device && Options.Objective == LoftQObjective.Weight && Options.Solver == SolverKind.Randomized)
+        if (Accelerator is { } device && Accelerators.UnsupportedOptions(Options) is null)
         {
             weighting = null;
             string? unsupported = device.Unsupported(quantizer);

@@ -43,7 +43,7 @@ internal sealed class WeightPrefetcher : IDisposable
             }
         }
 
-        Matrix weight = pending is null ? Read(index) : pending.GetAwaiter().GetResult();
+        Matrix weight = pending is null ? Read(_file, _targets[index]) : pending.GetAwaiter().GetResult();
         if (index + 1 < _targets.Count)
         {
             lock (_gate)
@@ -51,7 +51,7 @@ internal sealed class WeightPrefetcher : IDisposable
                 if (!_disposed && _ahead is null)
                 {
                     int next = index + 1;
-                    _ahead = (next, Task.Run(() => Read(next)));
+                    _ahead = (next, Task.Run(() => Read(_file, _targets[next])));
                     ReadAhead++;
                 }
             }
@@ -60,13 +60,13 @@ internal sealed class WeightPrefetcher : IDisposable
         return weight;
     }
 
-    private Matrix Read(int index)
+    /// <summary>Reads <paramref name="info"/>'s weight from <paramref name="file"/> as a float32 [rows, columns] matrix the caller owns.</summary>
+    internal static Matrix Read(SafeTensorsFile file, SafeTensorInfo info)
     {
-        SafeTensorInfo info = _targets[index];
         var m = Matrix.Uninitialized((int)info.Shape[0], (int)info.Shape[1]);
         try
         {
-            _file.ReadAsSingle(info.Name, m.Span);
+            file.ReadAsSingle(info.Name, m.Span);
             return m;
         }
         catch
